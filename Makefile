@@ -1,0 +1,45 @@
+# The two commands a newcomer runs are `make demo` (when it exists) and `make test`.
+# Both create .venv and install what is missing, so a fresh clone needs nothing else.
+PY ?= python3
+VENV := .venv
+BIN := $(VENV)/bin
+STAMP := $(VENV)/.installed
+
+.PHONY: setup test lint typecheck unit bench vectors clean
+
+$(BIN)/python:
+	$(PY) -m venv $(VENV)
+
+# Reinstall when the project definition changes; the strict editable mode builds
+# a link tree mapping safepassage.crypto -> crypto/ and so on.
+$(STAMP): pyproject.toml | $(BIN)/python
+	$(BIN)/python -m pip install --quiet --upgrade "pip>=24" "setuptools>=69" wheel
+	$(BIN)/python -m pip install --quiet -e ".[dev]" --config-settings editable_mode=strict \
+		> $(VENV)/install.log 2>&1 || { cat $(VENV)/install.log; exit 1; }
+	touch $(STAMP)
+
+setup: $(STAMP)
+	@# New source files need a fresh link tree; this is quick once deps are there.
+	@$(BIN)/python -m pip install --quiet --no-deps --no-build-isolation -e . --config-settings editable_mode=strict \
+		> $(VENV)/relink.log 2>&1 || { cat $(VENV)/relink.log; exit 1; }
+
+lint: setup
+	$(BIN)/ruff check .
+	$(BIN)/ruff format --check .
+
+typecheck: setup
+	$(BIN)/mypy -p safepassage.crypto -p safepassage.server -p safepassage.client
+
+unit: setup
+	$(BIN)/pytest
+
+test: lint typecheck unit
+
+bench: setup
+	$(BIN)/python -m bench.envelope
+
+vectors: setup
+	$(BIN)/python -m tests.vectors.generate
+
+clean:
+	rm -rf $(VENV) build *.egg-info .mypy_cache .ruff_cache .pytest_cache .hypothesis

@@ -130,3 +130,10 @@ class PowRejected(CryptoError):
     """The proof of work is wrong, expired or already used."""
 
     hint = "Ask for a new challenge and solve it again."
+
+
+class WeakPassphrase(SafePassageError):
+    """The passphrase is too short."""
+
+    hint = "Use at least 5 random words or 20 characters; a lost vault cannot be recovered."
+    exit_code = 2

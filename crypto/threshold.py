@@ -13,7 +13,6 @@ from collections.abc import Sequence
 from dataclasses import dataclass
 from typing import Final
 
-from . import _primitives as P
 from . import labels as L
 from .encoding import JsonObject, JsonValue, as_obj, b64e, canonical_json, get_bytes, get_str, require_keys
 from .errors import BadSignature, BelowThreshold, MalformedInput
@@ -60,6 +59,8 @@ class KeySet:
     threshold: int
 
     def __post_init__(self) -> None:
+        # Keys are kept sorted by key id so that equal sets compare and encode equal.
+        object.__setattr__(self, "keys", tuple(sorted(self.keys, key=lambda k: k.key_id.raw)))
         if not 1 <= len(self.keys) <= MAX_SIGNERS:
             raise MalformedInput(f"a key set needs 1 to {MAX_SIGNERS} keys")
         if len({k.key_id for k in self.keys}) != len(self.keys):
@@ -71,15 +72,11 @@ class KeySet:
         return next((k for k in self.keys if k.key_id == key_id), None)
 
     def to_json(self) -> JsonObject:
-        ordered = sorted(self.keys, key=lambda k: k.key_id.raw)
-        return {"threshold": self.threshold, "keys": [b64e(k.public_bytes_raw()) for k in ordered]}
+        return {"threshold": self.threshold, "keys": [b64e(k.public_bytes_raw()) for k in self.keys]}
 
     def fingerprint(self) -> str:
         """The organisation fingerprint people compare out of band (ten groups of five digits)."""
         return fingerprint_of(L.ORG_FINGERPRINT, b"keyset", canonical_json(self.to_json()))
-
-    def fingerprint_digest(self) -> bytes:
-        return P.sha256(L.ORG_FINGERPRINT, b"\x00keyset\x00", canonical_json(self.to_json()))
 
     def verify(self, purpose: bytes, message: bytes, signatures: Sequence[Signature]) -> frozenset[KeyId]:
         """Return the ids of members whose signatures verify; raise unless there are at least M."""

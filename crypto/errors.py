@@ -28,7 +28,9 @@ class SafePassageError(Exception):
     @property
     def message(self) -> str:
         base = (type(self).__doc__ or "error").strip().splitlines()[0]
-        return f"{base} ({self.detail})" if self.detail else base
+        if not self.detail:
+            return base
+        return f"{base.rstrip('.')}: {self.detail}."
 
     def __str__(self) -> str:
         return self.message

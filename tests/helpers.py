@@ -70,7 +70,11 @@ class Org:
             organisation="Safe Passage test organisation",
             admins=self.admin_set,
             pools=(Pool("general", "General", ("ru", "en")), Pool("science", "Science", ("ru",))),
-            handlers=(self.handler("alice"), self.handler("bob", ("general", "science")), self.handler("carol")),
+            # The second handler also reads the science pool.
+            handlers=tuple(
+                self.handler(hid, ("general", "science") if i == 1 else ("general",))
+                for i, hid in enumerate(self.handler_ids)
+            ),
             integration=IntegrationService(self.integration_signing.verify_key, (self.integration_key.public_key,)),
             receipt_key=self.receipt.verify_key,
             onions={},

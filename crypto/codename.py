@@ -71,9 +71,7 @@ class Codename:
     __str__ = __repr__
 
     def __eq__(self, other: object) -> bool:
-        return isinstance(other, Codename) and P.constant_time_equal(
-            self.reveal().encode(), other.reveal().encode()
-        )
+        return isinstance(other, Codename) and P.constant_time_equal(self.reveal().encode(), other.reveal().encode())
 
     def __hash__(self) -> int:
         return hash(self._words)

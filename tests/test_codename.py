@@ -5,6 +5,7 @@ from __future__ import annotations
 import math
 
 import pytest
+
 from safepassage.crypto.codename import (
     CODENAME_WORDS,
     ApplicantKeys,
@@ -62,7 +63,9 @@ def test_bad_codenames_name_the_problem_not_the_word(text: str, detail: str) -> 
 def test_codename_never_shows_in_repr() -> None:
     c = generate_codename()
     first = c.reveal().split()[0]
-    assert first not in repr(c) and first not in str(c) and first not in f"{c}"
+    assert first not in repr(c)
+    assert first not in str(c)
+    assert first not in f"{c}"
 
 
 def test_derivation_is_deterministic_and_separates_keys() -> None:

@@ -426,7 +426,7 @@ def main() -> None:
         path.parent.mkdir(parents=True, exist_ok=True)
         body = {"case": name, **build()}
         path.write_text(json.dumps(body, indent=2, ensure_ascii=False) + "\n", encoding="utf-8")
-    print(f"wrote {len(CASES)} cases under {ROOT}")  # noqa: T201
+    print(f"wrote {len(CASES)} cases under {ROOT}")
 
 
 if __name__ == "__main__":

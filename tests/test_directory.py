@@ -7,6 +7,7 @@ from dataclasses import replace
 import pytest
 from hypothesis import given
 from hypothesis import strategies as st
+
 from safepassage.crypto import labels as L
 from safepassage.crypto.directory import (
     Directory,

@@ -7,6 +7,7 @@ import json
 import pytest
 from hypothesis import given
 from hypothesis import strategies as st
+
 from safepassage.crypto.encoding import MAX_SAFE_INT, Reader, b64d, b64e, canonical_json, parse_canonical_json
 from safepassage.crypto.errors import MalformedInput
 

@@ -7,6 +7,7 @@ import io
 import pytest
 from hypothesis import given
 from hypothesis import strategies as st
+
 from safepassage.crypto import envelope as E
 from safepassage.crypto.errors import (
     DecryptionFailed,

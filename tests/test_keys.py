@@ -5,6 +5,7 @@ from __future__ import annotations
 import pytest
 from hypothesis import given
 from hypothesis import strategies as st
+
 from safepassage.crypto import labels as L
 from safepassage.crypto.errors import BadSignature, MalformedInput
 from safepassage.crypto.keys import HybridPrivateKey, HybridPublicKey, KeyId, SigningKey, VerifyKey

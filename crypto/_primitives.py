@@ -217,16 +217,14 @@ ARGON2_SALT_LEN: Final = 16
 
 def argon2id(password: bytes, salt: bytes, *, opslimit: int, memlimit: int, length: int) -> bytes:
     _check_len(salt, ARGON2_SALT_LEN, "argon2id salt")
-    return bytes(
-        _sodium.crypto_pwhash_alg(
-            length,
-            password,
-            salt,
-            opslimit,
-            memlimit,
-            _sodium.crypto_pwhash_ALG_ARGON2ID13,
+    try:
+        return bytes(
+            _sodium.crypto_pwhash_alg(length, password, salt, opslimit, memlimit, _sodium.crypto_pwhash_ALG_ARGON2ID13)
         )
-    )
+    except (_nacl_exc.RuntimeError, MemoryError) as exc:
+        # libsodium fails when it cannot allocate `memlimit` bytes; that must
+        # surface as our error, not a library one.
+        raise CryptoError("not enough memory for Argon2id") from exc
 
 
 def _check_len(value: bytes, expected: int, what: str) -> None:

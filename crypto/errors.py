@@ -139,3 +139,24 @@ class WeakPassphrase(SafePassageError):
 
     hint = "Use at least 5 random words or 20 characters; a lost vault cannot be recovered."
     exit_code = 2
+
+
+class VaultExists(SafePassageError):
+    """A vault already exists at that path."""
+
+    hint = "Choose another path, or open the existing vault instead of creating a new one."
+    exit_code = 2
+
+
+class VaultNotFound(SafePassageError):
+    """There is no vault at that path."""
+
+    hint = "Check the path, or create a vault first."
+    exit_code = 2
+
+
+class NoSuchEntry(SafePassageError, KeyError):
+    """The vault has no entry by that name."""
+
+    hint = "List the vault's entries to see what it holds."
+    exit_code = 2

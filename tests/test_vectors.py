@@ -12,7 +12,9 @@ import pytest
 
 from safepassage.crypto import envelope as E
 from safepassage.crypto import errors
+from safepassage.crypto import pow as W
 from safepassage.crypto import translog as T
+from safepassage.crypto import vault as V
 from safepassage.crypto.codename import derive_applicant_keys, parse_codename
 from safepassage.crypto.directory import SignedDirectory, verify_chain
 from safepassage.crypto.encoding import b64d, b64e
@@ -88,6 +90,19 @@ def _translog_case(case: dict[str, Any]) -> None:
         )
 
 
+def _vault_case(case: dict[str, Any], tmp: Path) -> None:
+    path = tmp / "vault"
+    path.write_bytes(b64d(case["vault"]))
+    path.chmod(0o600)
+    contents = V.open_vault(path, V.Passphrase(case["passphrase"]))
+    assert {name: b64e(contents.get(name)) for name in contents.names()} == case["entries"]
+
+
+def _pow_case(case: dict[str, Any]) -> None:
+    key = W.PowKey.from_bytes(bytes.fromhex(case["key"]))
+    W.verify_solution(key, case["challenge"], case["counter"], now=case["now"])
+
+
 RUNNERS: dict[str, Callable[[dict[str, Any]], None]] = {
     "keys": _keys_case,
     "codename": _codename_case,
@@ -96,6 +111,7 @@ RUNNERS: dict[str, Callable[[dict[str, Any]], None]] = {
     "directory": _directory_case,
     "receipt": _receipt_case,
     "translog": _translog_case,
+    "pow": _pow_case,
 }
 
 
@@ -105,10 +121,10 @@ def test_generator_and_files_agree() -> None:
 
 
 @pytest.mark.parametrize("path", FILES, ids=lambda p: str(p.relative_to(ROOT).with_suffix("")))
-def test_vector(path: Path) -> None:
+def test_vector(path: Path, tmp_path: Path) -> None:
     case = json.loads(path.read_text(encoding="utf-8"))
     kind = case["case"].split("/")[0]
-    run = RUNNERS[kind]
+    run = RUNNERS[kind] if kind != "vault" else lambda c: _vault_case(c, tmp_path)
     if case["expect"] == "success":
         run(case)
         return

@@ -14,12 +14,15 @@ import hashlib
 import io
 import json
 import shutil
+import tempfile
 from collections.abc import Callable
 from pathlib import Path
 from typing import Any
 
 from safepassage.crypto import envelope as E
+from safepassage.crypto import pow as W
 from safepassage.crypto import translog as T
+from safepassage.crypto import vault as V
 from safepassage.crypto.codename import derive_applicant_keys, parse_codename
 from safepassage.crypto.encoding import b64e
 from safepassage.crypto.receipt import Receipt
@@ -370,6 +373,108 @@ def _r_other() -> Case:
     }
 
 
+# --- vault ---------------------------------------------------------------------------
+
+VAULT_PASSPHRASE = "correct horse battery staple, in Cyrillic: конь"
+VAULT_ENTRIES = {"identity": seed("vector-vault-identity"), "intake-0": seed("vector-vault-intake", 96)}
+
+
+def _vault_file() -> bytes:
+    with tempfile.TemporaryDirectory() as tmp:
+        path = Path(tmp) / "vault"
+        V.create_vault(
+            path,
+            V.Passphrase(VAULT_PASSPHRASE),
+            V.VaultContents(VAULT_ENTRIES),
+            opslimit=V.MIN_OPSLIMIT,
+            memlimit=V.MIN_MEMLIMIT,
+        )
+        return path.read_bytes()
+
+
+@case("vault/opens")
+def _v_opens() -> Case:
+    entries = {k: b64e(v) for k, v in VAULT_ENTRIES.items()}
+    return {"vault": b64e(_vault_file()), "passphrase": VAULT_PASSPHRASE, "entries": entries, "expect": "success"}
+
+
+@case("vault/wrong-passphrase")
+def _v_wrong() -> Case:
+    return {"vault": b64e(_vault_file()), "passphrase": VAULT_PASSPHRASE + ".", "expect": "WrongPassphrase"}
+
+
+@case("vault/payload-changed")
+def _v_changed() -> Case:
+    data = _vault_file()
+    return {"vault": b64e(_flip(data, len(data) - 20)), "passphrase": VAULT_PASSPHRASE, "expect": "WrongPassphrase"}
+
+
+@case("vault/cost-lowered")
+def _v_cost() -> Case:
+    # Lowering the stored Argon2id cost below the floor is refused before any work.
+    data = _vault_file()
+    return {
+        "vault": b64e(data[:4] + (1).to_bytes(4, "big") + data[8:]),
+        "passphrase": VAULT_PASSPHRASE,
+        "expect": "MalformedInput",
+    }
+
+
+# --- proof of work -----------------------------------------------------------------------
+
+POW_KEY = W.PowKey.from_bytes(seed("vector-pow-key"))
+POW_NOW = 1_790_000_000
+
+
+def _pow_parts() -> tuple[W.Challenge, int, int]:
+    challenge = W.issue_challenge(POW_KEY, difficulty=6, now=POW_NOW, lifetime=600, memlimit_kib=1024)
+    good = W.solve(challenge)
+    bad = next(c for c in range(good + 1, good + 10_000) if not _meets(challenge, c))
+    return challenge, good, bad
+
+
+def _meets(challenge: W.Challenge, counter: int) -> bool:
+    try:
+        W.verify_solution(POW_KEY, challenge.to_text(), counter, now=POW_NOW)
+    except W.PowRejected:
+        return False
+    return True
+
+
+def _pow_case(challenge: W.Challenge, counter: int, now: int, expect: str, key: bytes | None = None) -> Case:
+    return {
+        "key": (key or seed("vector-pow-key")).hex(),
+        "challenge": challenge.to_text(),
+        "counter": counter,
+        "now": now,
+        "expect": expect,
+    }
+
+
+@case("pow/valid")
+def _w_valid() -> Case:
+    challenge, good, _ = _pow_parts()
+    return _pow_case(challenge, good, POW_NOW, "success")
+
+
+@case("pow/insufficient-work")
+def _w_bad() -> Case:
+    challenge, _, bad = _pow_parts()
+    return _pow_case(challenge, bad, POW_NOW, "PowRejected")
+
+
+@case("pow/expired")
+def _w_expired() -> Case:
+    challenge, good, _ = _pow_parts()
+    return _pow_case(challenge, good, challenge.expires, "PowRejected")
+
+
+@case("pow/other-server-key")
+def _w_other() -> Case:
+    challenge, good, _ = _pow_parts()
+    return _pow_case(challenge, good, POW_NOW, "PowRejected", key=seed("vector-other-pow-key"))
+
+
 # --- transparency log -------------------------------------------------------------------
 
 
@@ -416,7 +521,7 @@ CASES["translog/consistency-tampered"] = lambda: _proof_case("consistency", Fals
 
 
 def main() -> None:
-    for sub in ("keys", "codename", "envelope", "chunks", "directory", "receipt", "translog"):
+    for sub in ("keys", "codename", "envelope", "chunks", "directory", "receipt", "translog", "vault", "pow"):
         shutil.rmtree(ROOT / sub, ignore_errors=True)
     envelopes = _write_chunk_files()
     for name, (env, frames, expect) in CHUNK_CASES.items():

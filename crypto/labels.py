@@ -55,3 +55,7 @@ POW_MAC: Final = b"safepassage/v1/pow-mac"
 # --- transparency log (RFC 6962 prefixes; not labels but bound to meaning) ----------------
 MERKLE_LEAF_PREFIX: Final = b"\x00"
 MERKLE_NODE_PREFIX: Final = b"\x01"
+
+# --- intake API (section 15) -----------------------------------------------------------------
+SIG_SUBMISSION: Final = b"submission"
+SIG_FOLLOW_UP: Final = b"follow-up"

@@ -21,10 +21,8 @@ never a half-written or world-readable file.
 
 from __future__ import annotations
 
-import errno
 import os
 import re
-import stat
 import unicodedata
 from collections.abc import Iterator, Mapping
 from pathlib import Path
@@ -48,7 +46,6 @@ from .encoding import (
 )
 from .errors import (
     DecryptionFailed,
-    InsecureFile,
     MalformedInput,
     NoSuchEntry,
     UnsupportedVersion,
@@ -57,6 +54,7 @@ from .errors import (
     WeakPassphrase,
     WrongPassphrase,
 )
+from .privatefile import read_private, write_private
 
 Passphrase = NewType("Passphrase", str)
 
@@ -280,92 +278,17 @@ def _unseal(data: bytes, passphrase: Passphrase) -> tuple[_Header, VaultContents
 
 
 def _read_private(path: Path) -> bytes:
-    """Read the vault, refusing it if group or others may access it.
-
-    The mode is checked on the open descriptor, so the file checked is the file
-    read. Only the file's own mode is checked: a group- or world-writable
-    directory would let others replace the vault (see the spec), which the
-    passphrase check catches unless they put back an older copy.
-    """
     try:
-        # O_NONBLOCK: a planted FIFO must not hang us before fstat refuses it.
-        fd = os.open(path, os.O_RDONLY | os.O_CLOEXEC | os.O_NONBLOCK)
+        return read_private(path, max_len=MAX_FILE, what="the vault")
     except FileNotFoundError:
         raise VaultNotFound() from None
-    try:
-        st = os.fstat(fd)
-        if not stat.S_ISREG(st.st_mode):
-            raise MalformedInput("the vault is not a regular file")
-        if st.st_mode & 0o077:
-            raise InsecureFile(f"mode {stat.S_IMODE(st.st_mode):04o}")
-        with os.fdopen(fd, "rb", closefd=False) as f:
-            data = f.read(MAX_FILE + 1)
-    finally:
-        os.close(fd)
-    if len(data) > MAX_FILE:
-        raise MalformedInput(f"vault larger than {MAX_FILE} bytes")
-    return data
-
-
-def _fsync_directory(directory: Path) -> None:
-    # The rename is durable only once the directory entry is on disk.
-    fd = os.open(directory, os.O_RDONLY | os.O_DIRECTORY | os.O_CLOEXEC)
-    try:
-        os.fsync(fd)
-    finally:
-        os.close(fd)
-
-
-def _write_temp(directory: Path, name: str, data: bytes) -> Path:
-    """Write ``data`` to a new 0600 file next to the target and flush it to disk."""
-    tmp = directory / f".{name}.{P.random_bytes(8).hex()}.tmp"
-    # O_EXCL: never open an existing file or follow a planted symlink. The mode
-    # is 0600 from creation (umask can only narrow it; fchmod pins it exactly).
-    fd = os.open(tmp, os.O_WRONLY | os.O_CREAT | os.O_EXCL | os.O_CLOEXEC, 0o600)
-    try:
-        os.fchmod(fd, 0o600)
-        with os.fdopen(fd, "wb", closefd=False) as f:
-            f.write(data)
-            f.flush()
-            os.fsync(f.fileno())
-    except BaseException:
-        os.close(fd)
-        tmp.unlink(missing_ok=True)
-        raise
-    os.close(fd)
-    return tmp
-
-
-def _publish_new(tmp: Path, path: Path) -> None:
-    """Move ``tmp`` to ``path`` without ever replacing an existing file."""
-    try:
-        # link() fails if the target exists, atomically: no check-then-act race.
-        os.link(tmp, path)
-    except FileExistsError:
-        raise VaultExists() from None
-    except OSError as exc:
-        if exc.errno not in (errno.EPERM, errno.ENOTSUP, errno.EOPNOTSUPP, errno.EMLINK):
-            raise
-        # A file system without hard links: fall back to check-then-rename,
-        # which is racy only against another writer of this same path.
-        if path.exists():
-            raise VaultExists() from None
-        os.replace(tmp, path)
-        return
-    tmp.unlink()
 
 
 def _write_private(path: Path, data: bytes, *, replace: bool) -> None:
-    directory = path.parent
-    tmp = _write_temp(directory, path.name, data)
     try:
-        if replace:
-            os.replace(tmp, path)
-        else:
-            _publish_new(tmp, path)
-    finally:
-        tmp.unlink(missing_ok=True)
-    _fsync_directory(directory)
+        write_private(path, data, replace=replace)
+    except FileExistsError:
+        raise VaultExists() from None
 
 
 # --- public API ----------------------------------------------------------------------------

@@ -16,6 +16,7 @@ import click
 
 from safepassage.crypto.directory import SignedDirectory, verify_genesis
 from safepassage.crypto.errors import SafePassageError
+from safepassage.server.cli import server
 
 from .render import describe_directory
 
@@ -48,6 +49,9 @@ def directory_show(path: Path, org_fingerprint: str) -> None:
     signed = SignedDirectory.from_bytes(path.read_bytes())
     trusted = verify_genesis(signed, " ".join(org_fingerprint.split()))
     click.echo(describe_directory(trusted))
+
+
+cli.add_command(server)
 
 
 def main(argv: list[str] | None = None) -> int:

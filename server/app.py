@@ -1,0 +1,85 @@
+"""The public intake application: ``create_app(config)``.
+
+Resources (engine, keys, background jobs) start and stop in ``cleanup_ctx``.
+There is no access log: behind Tor a request line says nothing useful about a
+client and much about an applicant's timing.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import logging
+import time
+from collections.abc import AsyncIterator
+
+from aiohttp import web
+from sqlalchemy import delete
+
+from safepassage.crypto.envelope import CHUNK_LEN
+
+from . import intake
+from .config import ServerConfig
+from .context import INTAKE, Intake
+from .db.engine import Store, make_engine
+from .db.models import Contact, MailboxNonce, SpentChallenge
+from .errors import error_middleware
+from .keys import load_keys
+from .security import add_security_headers
+
+log = logging.getLogger("safepassage.server")
+
+#: Largest request body: one chunk frame or the largest envelope, whichever is bigger.
+CLIENT_MAX_SIZE = max(intake.MAX_ENVELOPE, CHUNK_LEN) + 4096
+HOUSEKEEPING_SECONDS = 30.0
+
+
+async def housekeeping(app: Intake) -> dict[str, int]:
+    """Delete what has expired; report counts only."""
+    now = int(time.time())
+    async with app.store.write() as session:
+        pending = await session.execute(
+            delete(Contact).where(Contact.state == "pending", Contact.upload_expires <= now)
+        )
+        spent = await session.execute(delete(SpentChallenge).where(SpentChallenge.expires <= now))
+        nonces = await session.execute(delete(MailboxNonce).where(MailboxNonce.expires <= now))
+    await app.refresh()
+    return {
+        "expired_pending_contacts": pending.rowcount,  # type: ignore[attr-defined]
+        "expired_challenges": spent.rowcount,  # type: ignore[attr-defined]
+        "expired_mailbox_nonces": nonces.rowcount,  # type: ignore[attr-defined]
+    }
+
+
+async def _housekeeping_loop(app: Intake) -> None:
+    while True:
+        await asyncio.sleep(HOUSEKEEPING_SECONDS)
+        try:
+            counts = await housekeeping(app)
+            if any(counts.values()):
+                log.info("housekeeping: %s", ", ".join(f"{k}={v}" for k, v in counts.items()))
+        except Exception as exc:  # a failed round must not stop the next one
+            log.error("housekeeping failed: %s", type(exc).__name__)
+
+
+def create_app(config: ServerConfig, *, store: Store | None = None) -> web.Application:
+    app = web.Application(middlewares=[error_middleware], client_max_size=CLIENT_MAX_SIZE)
+    app.on_response_prepare.append(add_security_headers)
+    app.add_routes(intake.routes)
+
+    async def resources(app: web.Application) -> AsyncIterator[None]:
+        own_store = store is None
+        active = store or Store(make_engine(config.url))
+        state = Intake.create(config, load_keys(config.keys_dir), active)
+        await state.refresh()
+        app[INTAKE] = state
+        task = asyncio.create_task(_housekeeping_loop(state))
+        yield
+        task.cancel()
+        with contextlib.suppress(asyncio.CancelledError):
+            await task
+        if own_store:
+            await active.close()
+
+    app.cleanup_ctx.append(resources)
+    return app

@@ -1,0 +1,128 @@
+"""``safepassage server``: init, migrate, publish, run."""
+
+from __future__ import annotations
+
+import asyncio
+import logging
+import os
+import secrets
+import shutil
+import sys
+from dataclasses import replace
+from pathlib import Path
+
+import click
+from aiohttp import web
+
+from safepassage.crypto.directory import SignedDirectory
+from safepassage.crypto.encoding import b64e
+from safepassage.crypto.errors import SafePassageError
+
+from .app import create_app
+from .config import ServerConfig, load_config, write_config
+from .db import migrate
+from .db.engine import Store, make_engine
+from .directory_store import parse_signed_head, publish
+from .keys import create_keys, load_keys
+
+DATA = click.option(
+    "--data",
+    "data_dir",
+    required=True,
+    type=click.Path(file_okay=False, path_type=Path),
+    help="The server's data folder (config, keys, SQLite database).",
+)
+
+
+@click.group()
+def server() -> None:
+    """Run the public intake server."""
+
+
+class DataDirInUse(SafePassageError):
+    """The data folder is not empty."""
+
+    hint = "Choose a new folder for a new server; to upgrade an existing one, run: safepassage server migrate."
+    exit_code = 2
+
+
+@server.command()
+@DATA
+@click.option("--org", "org_fingerprint", required=True, help="Organisation fingerprint (ten groups of five digits).")
+@click.option("--database-url", default="", help="postgresql+asyncpg://... for PostgreSQL; SQLite in DATA by default.")
+def init(data_dir: Path, org_fingerprint: str, database_url: str) -> None:
+    """Create the data folder, the server keys and the database."""
+    if data_dir.exists() and (not data_dir.is_dir() or any(data_dir.iterdir())):
+        raise DataDirInUse(str(data_dir))
+    values: dict[str, str | int] = {"org_fingerprint": " ".join(org_fingerprint.split())}
+    if database_url:
+        values["database_url"] = database_url
+    # Check everything before writing anything, then build the folder aside and
+    # move it into place: a failed init leaves no half-made server behind.
+    replace(ServerConfig(data_dir=data_dir), **values).validate()  # type: ignore[arg-type]
+    os.umask(0o077)
+    staging = data_dir.parent / f".{data_dir.name}.init-{secrets.token_hex(4)}"
+    staging.mkdir(mode=0o700, parents=True)
+    try:
+        write_config(staging, **values)
+        staged = load_config(staging)
+        keys = create_keys(staged.keys_dir)
+        migrate.upgrade(staged.url)
+        if data_dir.exists():
+            data_dir.rmdir()
+        staging.rename(data_dir)
+    except BaseException:
+        shutil.rmtree(staging, ignore_errors=True)
+        raise
+    click.echo(f"Initialised {data_dir}.")
+    click.echo("Give the admins this receipt key for the directory, and compare its fingerprint with them:")
+    click.echo(f"  receipt key:  {b64e(keys.receipt.verify_key.public_bytes_raw())}")
+    click.echo(f"  fingerprint:  {keys.receipt.verify_key.fingerprint()}")
+
+
+@server.command(name="migrate")
+@DATA
+def migrate_cmd(data_dir: Path) -> None:
+    """Upgrade the database to the newest schema."""
+    migrate.upgrade(load_config(data_dir).url)
+    click.echo("Database is at the newest schema.")
+
+
+@server.command(name="publish")
+@DATA
+@click.argument("directory_file", type=click.Path(exists=True, dir_okay=False, path_type=Path))
+@click.argument("head_file", type=click.Path(exists=True, dir_okay=False, path_type=Path))
+def publish_cmd(data_dir: Path, directory_file: Path, head_file: Path) -> None:
+    """Publish a signed directory with the signed tree head that appends it to the log."""
+    config = load_config(data_dir)
+    keys = load_keys(config.keys_dir)
+    signed = SignedDirectory.from_bytes(directory_file.read_bytes())
+    head = parse_signed_head(head_file.read_bytes())
+
+    async def run() -> int:
+        store = Store(make_engine(config.url))
+        try:
+            published = await publish(
+                store, signed, head, org_fingerprint=config.org_fingerprint, receipt_key=keys.receipt.verify_key
+            )
+        finally:
+            await store.close()
+        return published.directory.version
+
+    version = asyncio.run(run())
+    click.echo(f"Published directory version {version}; the log now has {head.head.size} entries.")
+
+
+@server.command()
+@DATA
+@click.option("--host", default=None, help="Address to listen on (loopback; Tor forwards to it).")
+@click.option("--port", default=None, type=int)
+def run(data_dir: Path, host: str | None, port: int | None) -> None:
+    """Serve the public API until interrupted."""
+    os.umask(0o077)
+    config = load_config(data_dir)
+    config = replace(config, host=host or config.host, port=port or config.port).validate()
+    load_keys(config.keys_dir)  # fail now, with a clear error, rather than on first request
+    logging.basicConfig(level=logging.INFO, stream=sys.stderr, format="%(levelname)s %(name)s: %(message)s")
+    click.echo(f"Serving on http://{config.host}:{config.port}", err=True)
+    web.run_app(create_app(config), host=config.host, port=config.port, access_log=None, print=None)

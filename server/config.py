@@ -1,0 +1,147 @@
+"""Server configuration, read once into a frozen dataclass.
+
+Sources, later ones winning: built-in defaults, ``DATA/config.toml``, then
+``SAFEPASSAGE_*`` environment variables. Key material is never configuration:
+it lives in its own 0600 files under ``DATA/keys`` (see :mod:`.keys`).
+"""
+
+from __future__ import annotations
+
+import os
+import re
+import tomllib
+from dataclasses import dataclass, fields, replace
+from pathlib import Path
+from typing import Any, Final
+
+from safepassage.crypto import pow as W
+from safepassage.crypto.errors import SafePassageError
+
+MiB: Final = 1024 * 1024
+CONFIG_FILE: Final = "config.toml"
+DB_FILE: Final = "safepassage.db"
+_ENV_PREFIX: Final = "SAFEPASSAGE_"
+_FINGERPRINT = re.compile(r"(\d{5} ){9}\d{5}")
+
+
+class ConfigError(SafePassageError):
+    """The server configuration is invalid."""
+
+    hint = "Check DATA/config.toml and SAFEPASSAGE_* environment variables against docs/operating.md."
+    exit_code = 2
+
+
+@dataclass(frozen=True, slots=True)
+class ServerConfig:
+    data_dir: Path
+    #: The organisation fingerprint (ten groups of five digits) the first directory must match.
+    org_fingerprint: str = ""
+    database_url: str = ""
+    host: str = "127.0.0.1"
+    port: int = 8080
+    #: Total size of a contact's attachments (chunks on the wire), default 500 MB.
+    max_contact_bytes: int = 500 * 1000 * 1000
+    max_attachments: int = 16
+    #: Hours a pending contact may take to upload its attachments before it is deleted.
+    upload_window_hours: int = 24
+    pow_base_difficulty: int = W.DEFAULT_DIFFICULTY
+    pow_max_difficulty: int = 20
+    pow_memlimit_kib: int = W.DEFAULT_MEMLIMIT_KIB
+    pow_lifetime: int = W.DEFAULT_LIFETIME
+    #: Submissions per minute (all clients together) at which PoW difficulty starts to rise.
+    pow_load_threshold: int = 60
+    #: Global cap on submissions (contacts, follow-ups) per minute.
+    rate_limit_per_minute: int = 1200
+    #: Challenges (PoW and mailbox) per minute, all clients together.
+    challenge_limit_per_minute: int = 6000
+    #: Contacts plus follow-ups per mailbox per day.
+    mailbox_daily_quota: int = 20
+    #: Replies a mailbox fetch returns at most.
+    mailbox_fetch_limit: int = 200
+
+    @property
+    def db_path(self) -> Path:
+        return self.data_dir / DB_FILE
+
+    @property
+    def keys_dir(self) -> Path:
+        return self.data_dir / "keys"
+
+    @property
+    def url(self) -> str:
+        return self.database_url or f"sqlite+aiosqlite:///{self.db_path}"
+
+    def validate(self) -> ServerConfig:
+        if self.org_fingerprint and not _FINGERPRINT.fullmatch(self.org_fingerprint):
+            raise ConfigError("org_fingerprint must be ten groups of five digits")
+        if not self.url.startswith(("sqlite+aiosqlite:///", "postgresql+asyncpg://")):
+            raise ConfigError("database_url must be sqlite+aiosqlite:/// or postgresql+asyncpg://")
+        if not 1 <= self.port <= 65535:
+            raise ConfigError("port out of range")
+        if not 0 <= self.max_attachments <= 64 or self.max_contact_bytes < 0:
+            raise ConfigError("attachment limits out of range")
+        if not W.MIN_DIFFICULTY <= self.pow_base_difficulty <= self.pow_max_difficulty <= W.MAX_DIFFICULTY:
+            raise ConfigError("PoW difficulty bounds out of range")
+        if not W.MIN_MEMLIMIT_KIB <= self.pow_memlimit_kib <= W.MAX_MEMLIMIT_KIB:
+            raise ConfigError("PoW memory out of range")
+        if not W.MIN_LIFETIME <= self.pow_lifetime <= W.MAX_LIFETIME:
+            raise ConfigError("PoW lifetime out of range")
+        positive = (
+            self.upload_window_hours,
+            self.pow_load_threshold,
+            self.rate_limit_per_minute,
+            self.challenge_limit_per_minute,
+            self.mailbox_daily_quota,
+            self.mailbox_fetch_limit,
+        )
+        if min(positive) < 1:
+            raise ConfigError("limits and windows must be positive")
+        return self
+
+
+def _coerce(name: str, raw: Any, kind: type) -> Any:
+    if kind is int:
+        if isinstance(raw, bool):
+            raise ConfigError(f"{name} must be an integer")
+        try:
+            return int(raw)
+        except (TypeError, ValueError):
+            raise ConfigError(f"{name} must be an integer") from None
+    if not isinstance(raw, str):
+        raise ConfigError(f"{name} must be a string")
+    return raw
+
+
+def load_config(data_dir: Path, *, env: dict[str, str] | None = None, **overrides: Any) -> ServerConfig:
+    """Read the configuration for ``data_dir`` (file, then environment, then ``overrides``)."""
+    env = dict(os.environ) if env is None else env
+    types = {f.name: (int if f.type in ("int", int) else str) for f in fields(ServerConfig) if f.name != "data_dir"}
+    values: dict[str, Any] = {}
+    path = data_dir / CONFIG_FILE
+    if path.exists():
+        try:
+            file_values = tomllib.loads(path.read_text(encoding="utf-8"))
+        except (tomllib.TOMLDecodeError, UnicodeDecodeError) as exc:
+            raise ConfigError(f"{CONFIG_FILE} is not valid TOML") from exc
+        for key, value in file_values.items():
+            if key not in types:
+                raise ConfigError(f"unknown setting {key!r} in {CONFIG_FILE}")
+            values[key] = _coerce(key, value, types[key])
+    for key, kind in types.items():
+        raw = env.get(_ENV_PREFIX + key.upper())
+        if raw is not None:
+            values[key] = _coerce(key, raw, kind)
+    for key, value in overrides.items():
+        if key not in types:
+            raise ConfigError(f"unknown setting {key!r}")
+        values[key] = value
+    return replace(ServerConfig(data_dir=data_dir), **values).validate()
+
+
+def write_config(data_dir: Path, **values: str | int) -> None:
+    """Write ``config.toml`` with ``values`` (used by ``server init``)."""
+    lines = []
+    for key, value in sorted(values.items()):
+        rendered = str(value) if isinstance(value, int) else '"' + value.replace("\\", "\\\\").replace('"', '\\"') + '"'
+        lines.append(f"{key} = {rendered}")
+    (data_dir / CONFIG_FILE).write_text("\n".join(lines) + "\n", encoding="utf-8")

@@ -1,0 +1,61 @@
+"""What the public app shares between requests, under one typed AppKey."""
+
+from __future__ import annotations
+
+from dataclasses import dataclass, field
+
+from aiohttp import web
+from sqlalchemy import select
+
+from .config import ServerConfig
+from .db.engine import Store
+from .db.models import LogEntry
+from .directory_store import Published, load_published
+from .errors import ApiError
+from .keys import ServerKeys
+from .limits import PowDifficulty, RateLimiter
+
+
+@dataclass
+class Intake:
+    config: ServerConfig
+    keys: ServerKeys
+    store: Store
+    submission_limit: RateLimiter
+    challenge_limit: RateLimiter
+    difficulty: PowDifficulty
+    _published: Published | None = field(default=None, repr=False)
+
+    @classmethod
+    def create(cls, config: ServerConfig, keys: ServerKeys, store: Store) -> Intake:
+        return cls(
+            config=config,
+            keys=keys,
+            store=store,
+            submission_limit=RateLimiter(config.rate_limit_per_minute, "submissions"),
+            challenge_limit=RateLimiter(config.challenge_limit_per_minute, "challenge requests"),
+            difficulty=PowDifficulty(config.pow_base_difficulty, config.pow_max_difficulty, config.pow_load_threshold),
+        )
+
+    def published(self) -> Published:
+        if self._published is None:
+            raise ApiError(503, "no_directory", "No directory has been published yet; try again later.")
+        return self._published
+
+    async def refresh(self) -> None:
+        """Reload the directory if another process (or `server publish`) extended the log."""
+        self._published = await load_published(self.store)
+
+    async def log_entries(self, start: int, end: int) -> list[bytes]:
+        async with self.store.read() as session:
+            rows = await session.scalars(
+                select(LogEntry.entry).where(LogEntry.index >= start, LogEntry.index < end).order_by(LogEntry.index)
+            )
+            return list(rows.all())
+
+
+INTAKE = web.AppKey("intake", Intake)
+
+
+def intake_of(request: web.Request) -> Intake:
+    return request.app[INTAKE]

@@ -1,0 +1,592 @@
+"""The public intake API (docs/openapi/public.yaml; docs/protocol.md, section 15).
+
+The server checks form, never content: envelope framing and purpose, the
+recipient set against the directory, proof of work, signatures on public data,
+sizes and quotas. Every check runs before anything is written, and every write
+for one request is one transaction, so a refused request changes nothing and an
+acknowledged one is on disk before its receipt is signed.
+"""
+
+from __future__ import annotations
+
+import datetime as dt
+import hashlib
+import json
+import re
+import secrets
+import time
+from collections.abc import Sequence
+from dataclasses import dataclass
+
+from aiohttp import web
+from sqlalchemy import delete, func, select
+from sqlalchemy.exc import IntegrityError
+from sqlalchemy.ext.asyncio import AsyncSession
+
+from safepassage.crypto import envelope as E
+from safepassage.crypto import pow as W
+from safepassage.crypto.directory import SignedDirectory
+from safepassage.crypto.encoding import b64d, b64e
+from safepassage.crypto.errors import BadSignature, MalformedInput, PowRejected, SafePassageError
+from safepassage.crypto.intake import (
+    MAILBOX_NONCE_LEN,
+    Kind,
+    verify_mailbox_auth,
+    verify_submission,
+)
+from safepassage.crypto.keys import VerifyKey
+from safepassage.crypto.receipt import Receipt
+from safepassage.crypto.translog import MAX_PROOF_LEN
+
+from .context import Intake, intake_of
+from .db.models import Chunk, Contact, Mailbox, MailboxNonce, Message, SpentChallenge
+from .errors import ApiError, bad_request, from_crypto
+
+routes = web.RouteTableDef()
+
+POW_HEADER = "Safe-Passage-PoW"
+MAILBOX_KEY_HEADER = "Safe-Passage-Mailbox-Key"
+SIGNATURE_HEADER = "Safe-Passage-Signature"
+UPLOAD_HEADER = "Safe-Passage-Upload"
+OCTET = "application/octet-stream"
+MAILBOX_NONCE_LIFETIME = 300
+MAX_LOG_PAGE = 64
+OPEN_STATUSES = ("new", "reviewing", "replied")
+_POOL = re.compile(r"[a-z][a-z0-9-]{0,31}")
+_ID = re.compile(r"[A-Za-z0-9_-]{8,64}")
+_MAILBOX = re.compile(r"[0-9a-f]{64}")
+#: Largest envelope the protocol allows: the biggest bucket for the most recipients.
+MAX_ENVELOPE = E.envelope_length(len(E.BUCKETS) - 1, E.MAX_RECIPIENTS)
+
+
+def _now() -> int:
+    return int(time.time())
+
+
+def _today() -> dt.date:
+    return dt.datetime.now(dt.UTC).date()
+
+
+def _new_id() -> str:
+    return secrets.token_urlsafe(16)
+
+
+def _token_hash(token: str) -> bytes:
+    return hashlib.sha256(token.encode("ascii", "replace")).digest()
+
+
+# --- request parsing -------------------------------------------------------------------------
+
+
+def _query_int(request: web.Request, name: str, *, default: int | None, maximum: int) -> int:
+    raw = request.query.get(name)
+    if raw is None:
+        if default is None:
+            raise bad_request(f"Query parameter {name!r} is required.")
+        return default
+    if not raw.isascii() or not raw.isdigit() or len(raw) > 16 or int(raw) > maximum:
+        raise bad_request(f"Query parameter {name!r} must be an integer from 0 to {maximum}.")
+    return int(raw)
+
+
+def _path_int(request: web.Request, name: str, maximum: int) -> int:
+    raw = request.match_info[name]
+    if not raw.isascii() or not raw.isdigit() or len(raw) > 9 or int(raw) > maximum:
+        raise bad_request(f"Path segment {name!r} must be an integer from 0 to {maximum}.")
+    return int(raw)
+
+
+def _pool(request: web.Request) -> str:
+    pool = request.query.get("pool", "")
+    if not _POOL.fullmatch(pool):
+        raise bad_request("Query parameter 'pool' is missing or malformed.")
+    return pool
+
+
+def _contact_id(raw: str, what: str = "contact id") -> str:
+    if not _ID.fullmatch(raw):
+        raise bad_request(f"Malformed {what}.")
+    return raw
+
+
+def _mailbox_id(request: web.Request) -> str:
+    raw = request.match_info["mailbox_id"]
+    if not _MAILBOX.fullmatch(raw):
+        raise bad_request("Malformed mailbox id.")
+    return raw
+
+
+def _header_bytes(request: web.Request, name: str, length: int) -> bytes:
+    raw = request.headers.get(name)
+    if raw is None:
+        raise ApiError(
+            403, "missing_" + name.lower().removeprefix("safe-passage-").replace("-", "_"), f"{name} is required."
+        )
+    try:
+        return b64d(raw.strip(), length=length, what=name)
+    except MalformedInput:
+        raise bad_request(f"{name} is malformed.") from None
+
+
+async def _read_binary(request: web.Request, limit: int, *, exact: int | None = None) -> bytes:
+    if request.content_type != OCTET:
+        raise ApiError(415, "unsupported_media_type", f"Send the body as {OCTET}.")
+    if request.content_length is not None and request.content_length > limit:
+        raise ApiError(413, "payload_too_large", f"The body may be at most {limit} bytes.")
+    # Read at most limit+1 bytes, in chunks, whatever Content-Length claimed.
+    parts: list[bytes] = []
+    size = 0
+    async for part in request.content.iter_chunked(64 * 1024):
+        size += len(part)
+        if size > limit:
+            raise ApiError(413, "payload_too_large", f"The body may be at most {limit} bytes.")
+        parts.append(part)
+    body = b"".join(parts)
+    if exact is not None and len(body) != exact:
+        raise bad_request(f"The body must be exactly {exact} bytes.", "malformed_chunk")
+    return body
+
+
+def _pow(request: web.Request, app: Intake, now: int) -> W.CheckedChallenge:
+    raw = request.headers.get(POW_HEADER)
+    if raw is None:
+        raise ApiError(403, "pow_required", f"{POW_HEADER} is required: get a challenge from /pow and solve it.")
+    challenge_text, sep, counter_text = raw.strip().rpartition(".")
+    if not sep or not counter_text.isascii() or not counter_text.isdigit() or len(counter_text) > 20:
+        raise bad_request(f"{POW_HEADER} must be '<challenge>.<counter>'.")
+    try:
+        checked = W.check_challenge(app.keys.pow, challenge_text, now=now)
+    except MalformedInput:
+        raise bad_request(f"{POW_HEADER} carries a malformed challenge.") from None
+    except PowRejected as exc:
+        raise from_crypto(exc, 403, "pow_invalid") from None
+    return checked
+
+
+async def _verify_pow_unspent(session: AsyncSession, checked: W.CheckedChallenge, counter_header: str) -> W.VerifiedPow:
+    # A spent nonce is refused before the Argon2id evaluation, so replaying one
+    # valid solution costs the server a lookup, not a hash.
+    if await session.get(SpentChallenge, checked.challenge.nonce) is not None:
+        raise ApiError(409, "pow_reused", "This proof of work was already used; get a new challenge.")
+    counter = int(counter_header.rpartition(".")[2])
+    try:
+        return W.verify_work(checked, counter)
+    except (PowRejected, MalformedInput) as exc:
+        raise from_crypto(exc, 403, "pow_invalid") from None
+
+
+def _receipt_json(receipt: Receipt) -> dict[str, str]:
+    return {
+        "contact": receipt.contact_id,
+        "day": receipt.day,
+        "envelope": b64e(receipt.envelope_hash),
+        "sig": b64e(receipt.signature),
+    }
+
+
+# --- checks on envelopes -----------------------------------------------------------------------
+
+
+def _check_envelope(app: Intake, data: bytes, purpose: E.Purpose, pool: str, now: int) -> E.EnvelopeHeader:
+    try:
+        header = E.parse_header(data)
+    except SafePassageError as exc:
+        raise from_crypto(exc, 400, "malformed_envelope") from None
+    if header.purpose != purpose:
+        raise bad_request(f"Expected an envelope of purpose {purpose.name.lower()}.", "wrong_purpose")
+    directory = app.published().directory
+    if pool not in {p.name for p in directory.pools}:
+        raise ApiError(404, "unknown_pool", "No such pool in the current directory.")
+    try:
+        expected = {key.key_id.raw for _, key in directory.recipients(pool, now)}
+    except SafePassageError:
+        raise ApiError(503, "pool_unavailable", "Nobody in this pool can receive contacts right now.") from None
+    if set(header.recipient_ids) != expected:
+        raise ApiError(
+            422,
+            "recipients_mismatch",
+            "The envelope must be sealed to exactly the current intake keys of the pool; fetch the directory again.",
+        )
+    return header
+
+
+def _check_submission(
+    request: web.Request, data: bytes, *, kind: Kind, pool: str, attachments: int, contact_id: str, key: VerifyKey
+) -> None:
+    signature = _header_bytes(request, SIGNATURE_HEADER, 64)
+    try:
+        verify_submission(
+            key, signature, kind=kind, pool=pool, attachments=attachments, envelope=data, contact_id=contact_id
+        )
+    except BadSignature:
+        raise ApiError(403, "bad_signature", "The submission signature does not verify.") from None
+
+
+async def _check_quota(session: AsyncSession, app: Intake, mailbox_id: str, today: dt.date) -> None:
+    contacts = await session.scalar(
+        select(func.count()).select_from(Contact).where(Contact.mailbox_id == mailbox_id, Contact.day == today)
+    )
+    messages = await session.scalar(
+        select(func.count())
+        .select_from(Message)
+        .where(Message.mailbox_id == mailbox_id, Message.day == today, Message.kind == "follow-up")
+    )
+    if (contacts or 0) + (messages or 0) >= app.config.mailbox_daily_quota:
+        raise ApiError(429, "quota_exceeded", "This mailbox has sent as much as it may today; try again tomorrow.")
+
+
+async def _choose_owner(session: AsyncSession, pool: str, candidates: Sequence[str]) -> str:
+    """The candidate with the fewest open cases in the pool; ties broken uniformly at random."""
+    rows = await session.execute(
+        select(Contact.owner, func.count())
+        .where(Contact.pool == pool, Contact.state == "complete", Contact.status.in_(OPEN_STATUSES))
+        .group_by(Contact.owner)
+    )
+    load = dict(rows.tuples())
+    fewest = min(load.get(c, 0) for c in candidates)
+    return secrets.choice([c for c in candidates if load.get(c, 0) == fewest])
+
+
+# --- directory and log ----------------------------------------------------------------------------
+
+
+@routes.get("/api/v1/directory", name="directory")
+async def get_directory(request: web.Request) -> web.Response:
+    app = intake_of(request)
+    published = app.published()
+    head = published.head.head
+    known = (
+        _query_int(request, "known_size", default=None, maximum=2**53 - 1) if "known_size" in request.query else None
+    )
+    consistency: list[bytes] = []
+    if known is not None and 0 < known < head.size:
+        consistency = published.log.consistency_proof(known, head.size)
+    return web.json_response(
+        {
+            "directory": published.signed.to_json(),
+            "tree_head": published.head.to_json(),
+            "index": published.index,
+            "inclusion": [h.hex() for h in published.log.inclusion_proof(published.index, head.size)],
+            "consistency": [h.hex() for h in consistency[:MAX_PROOF_LEN]],
+        }
+    )
+
+
+@routes.get("/api/v1/log/entries", name="log_entries")
+async def get_log_entries(request: web.Request) -> web.Response:
+    app = intake_of(request)
+    size = app.published().log.size
+    start = _query_int(request, "start", default=None, maximum=size)
+    end = _query_int(request, "end", default=None, maximum=size)
+    if not start < end or end - start > MAX_LOG_PAGE:
+        raise bad_request(f"Ask for 1 to {MAX_LOG_PAGE} entries with 0 <= start < end <= {size}.", "bad_range")
+    entries = await app.log_entries(start, end)
+    return web.json_response({"entries": [SignedDirectory.from_bytes(e).to_json() for e in entries]})
+
+
+# --- proof of work ----------------------------------------------------------------------------------
+
+
+@routes.post("/api/v1/pow", name="pow")
+async def new_challenge(request: web.Request) -> web.Response:
+    app = intake_of(request)
+    app.challenge_limit.hit()
+    cfg = app.config
+    challenge = W.issue_challenge(
+        app.keys.pow,
+        difficulty=app.difficulty.current(),
+        now=_now(),
+        lifetime=cfg.pow_lifetime,
+        memlimit_kib=cfg.pow_memlimit_kib,
+    )
+    return web.json_response(
+        {
+            "challenge": challenge.to_text(),
+            "difficulty": challenge.difficulty,
+            "memlimit_kib": challenge.memlimit_kib,
+            "opslimit": challenge.opslimit,
+            "expires": challenge.expires,
+        },
+        status=201,
+    )
+
+
+# --- contacts -----------------------------------------------------------------------------------------
+
+
+@dataclass(frozen=True, slots=True)
+class _Stored:
+    contact_id: str
+    envelope_hash: bytes
+    day: dt.date
+
+
+def _sign_receipt(app: Intake, stored: _Stored) -> dict[str, str]:
+    receipt = Receipt.issue(app.keys.receipt, stored.contact_id, stored.envelope_hash, stored.day.isoformat())
+    return _receipt_json(receipt)
+
+
+@routes.post("/api/v1/contacts", name="submit_contact")
+async def submit_contact(request: web.Request) -> web.Response:
+    app = intake_of(request)
+    cfg = app.config
+    now, today = _now(), _today()
+    pool = _pool(request)
+    attachments = _query_int(request, "attachments", default=0, maximum=cfg.max_attachments)
+    mailbox_key = VerifyKey(_header_bytes(request, MAILBOX_KEY_HEADER, 32))
+    checked = _pow(request, app, now)
+    app.submission_limit.hit()
+    app.difficulty.record_submission()
+    data = await _read_binary(request, MAX_ENVELOPE)
+    header = _check_envelope(app, data, E.Purpose.CONTACT, pool, now)
+    _check_submission(request, data, kind="contact", pool=pool, attachments=attachments, contact_id="", key=mailbox_key)
+    candidates = [h.handler_id for h, key in app.published().directory.recipients(pool, now)]
+    mailbox_id = mailbox_key.key_id.hex()
+    contact_id = _new_id()
+    token = secrets.token_urlsafe(32) if attachments else None
+    envelope_hash = hashlib.sha256(data).digest()
+    async with app.store.write() as session:
+        verified = await _verify_pow_unspent(session, checked, request.headers[POW_HEADER])
+        mailbox = await session.get(Mailbox, mailbox_id)
+        if mailbox is None:
+            session.add(Mailbox(id=mailbox_id, public_key=mailbox_key.public_bytes_raw(), created_day=today))
+        else:
+            await _check_quota(session, app, mailbox_id, today)
+        owner = await _choose_owner(session, pool, candidates)
+        session.add(
+            Contact(
+                id=contact_id,
+                mailbox_id=mailbox_id,
+                pool=pool,
+                owner=owner,
+                day=today,
+                bucket=header.bucket,
+                state="pending" if attachments else "complete",
+                status="new",
+                attachments=attachments,
+                server_sealed=False,
+                envelope=data,
+                envelope_hash=envelope_hash,
+                upload_token_hash=_token_hash(token) if token else None,
+                upload_expires=_round_up_hour(now + 3600 * cfg.upload_window_hours) if token else None,
+            )
+        )
+        session.add(SpentChallenge(nonce=verified.nonce, expires=verified.expires))
+        await _flush_or_conflict(session)
+    stored = _Stored(contact_id, envelope_hash, today)
+    if token is not None:
+        return web.json_response({"contact": contact_id, "status": "pending", "upload_token": token}, status=201)
+    return web.json_response(
+        {"contact": contact_id, "status": "complete", "receipt": _sign_receipt(app, stored)}, status=201
+    )
+
+
+def _round_up_hour(t: int) -> int:
+    return -(-t // 3600) * 3600
+
+
+async def _flush_or_conflict(session: AsyncSession) -> None:
+    try:
+        await session.flush()
+    except IntegrityError:
+        # Two requests raced for the same challenge or chunk: the loser changes nothing.
+        raise ApiError(409, "conflict", "A concurrent request already used this; nothing was stored.") from None
+
+
+async def _pending_contact(session: AsyncSession, request: web.Request, contact_id: str) -> Contact:
+    token = request.headers.get(UPLOAD_HEADER, "")
+    contact = await session.get(Contact, contact_id)
+    if contact is None:
+        raise ApiError(404, "not_found", "No such contact.")
+    if contact.upload_token_hash is None or not secrets.compare_digest(contact.upload_token_hash, _token_hash(token)):
+        raise ApiError(403, "bad_upload_token", f"{UPLOAD_HEADER} is missing or wrong.")
+    if contact.state == "pending" and (contact.upload_expires or 0) <= _now():
+        raise ApiError(409, "upload_expired", "The upload window has closed; send the contact again.")
+    return contact
+
+
+@routes.put("/api/v1/contacts/{contact_id}/attachments/{attachment}/chunks/{index}", name="upload_chunk")
+async def upload_chunk(request: web.Request) -> web.Response:
+    app = intake_of(request)
+    contact_id = _contact_id(request.match_info["contact_id"])
+    attachment = _path_int(request, "attachment", E.MAX_ATTACHMENTS - 1)
+    index = _path_int(request, "index", E.MAX_CHUNKS - 1)
+    frame = await _read_binary(request, E.CHUNK_LEN, exact=E.CHUNK_LEN)
+    try:
+        fields = E.parse_chunk_frame(frame)
+    except SafePassageError as exc:
+        raise from_crypto(exc, 400, "malformed_chunk") from None
+    if (fields.attachment, fields.index) != (attachment, index):
+        raise bad_request("The chunk frame does not match its URL.", "malformed_chunk")
+    async with app.store.write() as session:
+        contact = await _pending_contact(session, request, contact_id)
+        if contact.state != "pending":
+            raise ApiError(409, "already_complete", "This contact is already complete.")
+        if attachment >= contact.attachments:
+            raise bad_request("No such attachment for this contact.", "attachment_out_of_range")
+        last = await session.scalar(
+            select(Chunk)
+            .where(Chunk.contact_id == contact_id, Chunk.attachment == attachment)
+            .order_by(Chunk.index.desc())
+            .limit(1)
+        )
+        if last is not None and last.final:
+            raise ApiError(409, "attachment_complete", "This attachment already has its final chunk.")
+        expected = 0 if last is None else last.index + 1
+        if index != expected:
+            raise ApiError(409, "chunk_out_of_order", f"Expected chunk {expected} of this attachment.")
+        total = await session.scalar(select(func.count()).select_from(Chunk).where(Chunk.contact_id == contact_id))
+        if ((total or 0) + 1) * E.CHUNK_LEN > app.config.max_contact_bytes:
+            raise ApiError(413, "contact_too_large", "The attachments exceed the size limit for one contact.")
+        session.add(Chunk(contact_id=contact_id, attachment=attachment, index=index, final=fields.final, frame=frame))
+        await _flush_or_conflict(session)
+    return web.json_response({"attachment": attachment, "index": index, "final": fields.final}, status=201)
+
+
+@routes.post("/api/v1/contacts/{contact_id}/finalise", name="finalise_contact")
+async def finalise_contact(request: web.Request) -> web.Response:
+    app = intake_of(request)
+    contact_id = _contact_id(request.match_info["contact_id"])
+    async with app.store.write() as session:
+        contact = await _pending_contact(session, request, contact_id)
+        if contact.state == "pending":
+            finals = await session.scalar(
+                select(func.count()).select_from(Chunk).where(Chunk.contact_id == contact_id, Chunk.final.is_(True))
+            )
+            if finals != contact.attachments:
+                raise ApiError(409, "attachments_incomplete", "Every attachment needs its final chunk first.")
+            contact.state = "complete"
+            contact.upload_expires = None
+        stored = _Stored(contact.id, contact.envelope_hash, contact.day)
+    # Finalising again with the same token returns the same receipt: a client
+    # that lost the answer can ask again.
+    return web.json_response({"contact": contact_id, "status": "complete", "receipt": _sign_receipt(app, stored)})
+
+
+# --- mailboxes -----------------------------------------------------------------------------------------
+
+
+@routes.post("/api/v1/mailboxes/{mailbox_id}/challenge", name="mailbox_challenge")
+async def mailbox_challenge(request: web.Request) -> web.Response:
+    app = intake_of(request)
+    mailbox_id = _mailbox_id(request)
+    app.challenge_limit.hit()
+    now = _now()
+    nonce = secrets.token_bytes(MAILBOX_NONCE_LEN)
+    # A nonce is issued whether or not the mailbox exists: the answer must not
+    # tell a prober which mailbox ids are in use.
+    async with app.store.write() as session:
+        await session.execute(delete(MailboxNonce).where(MailboxNonce.expires <= now))
+        session.add(MailboxNonce(nonce=nonce, mailbox_id=mailbox_id, expires=now + MAILBOX_NONCE_LIFETIME))
+    return web.json_response({"nonce": b64e(nonce), "expires": now + MAILBOX_NONCE_LIFETIME}, status=201)
+
+
+async def _read_json(request: web.Request, limit: int) -> dict[str, object]:
+    if request.content_type != "application/json":
+        raise ApiError(415, "unsupported_media_type", "Send the body as application/json.")
+    if request.content_length is not None and request.content_length > limit:
+        raise ApiError(413, "payload_too_large", f"The body may be at most {limit} bytes.")
+    raw = await request.content.read(limit + 1)
+    if len(raw) > limit:
+        raise ApiError(413, "payload_too_large", f"The body may be at most {limit} bytes.")
+    try:
+        value = json.loads(raw.decode("utf-8"))
+    except (UnicodeDecodeError, json.JSONDecodeError, RecursionError):
+        raise bad_request("The body is not valid JSON.") from None
+    if not isinstance(value, dict):
+        raise bad_request("The body must be a JSON object.")
+    return value
+
+
+@routes.post("/api/v1/mailboxes/{mailbox_id}/fetch", name="mailbox_fetch")
+async def mailbox_fetch(request: web.Request) -> web.Response:
+    app = intake_of(request)
+    mailbox_id = _mailbox_id(request)
+    body = await _read_json(request, 1024)
+    if set(body) != {"nonce", "signature"} or not all(isinstance(v, str) for v in body.values()):
+        raise bad_request('The body must be {"nonce": ..., "signature": ...}.')
+    try:
+        nonce = b64d(str(body["nonce"]), length=MAILBOX_NONCE_LEN)
+        signature = b64d(str(body["signature"]), length=64)
+    except MalformedInput:
+        raise bad_request("Malformed nonce or signature.") from None
+    refused = ApiError(403, "mailbox_auth_failed", "Mailbox authentication failed; ask for a new challenge.")
+    now = _now()
+    async with app.store.read() as session:
+        mailbox = await session.get(Mailbox, mailbox_id)
+        issued = await session.get(MailboxNonce, nonce)
+    if mailbox is None or issued is None or issued.mailbox_id != mailbox_id or issued.expires <= now:
+        raise refused
+    try:
+        verify_mailbox_auth(VerifyKey(mailbox.public_key), nonce, signature)
+    except BadSignature:
+        raise refused from None
+    async with app.store.write() as session:
+        # Single use: only the request that deletes the nonce goes on.
+        deleted = await session.execute(delete(MailboxNonce).where(MailboxNonce.nonce == nonce))
+        if deleted.rowcount != 1:  # type: ignore[attr-defined]
+            raise refused
+        rows = (
+            await session.scalars(
+                select(Message)
+                .where(Message.mailbox_id == mailbox_id, Message.kind == "reply")
+                .order_by(Message.seq)
+                .limit(app.config.mailbox_fetch_limit)
+            )
+        ).all()
+        messages = [
+            {"id": m.id, "contact": m.contact_id, "day": m.day.isoformat(), "envelope": b64e(m.envelope)} for m in rows
+        ]
+    return web.json_response({"messages": messages})
+
+
+@routes.post("/api/v1/mailboxes/{mailbox_id}/follow-ups", name="follow_up")
+async def post_follow_up(request: web.Request) -> web.Response:
+    app = intake_of(request)
+    mailbox_id = _mailbox_id(request)
+    contact_id = _contact_id(request.query.get("contact", ""))
+    now, today = _now(), _today()
+    checked = _pow(request, app, now)
+    app.submission_limit.hit()
+    app.difficulty.record_submission()
+    data = await _read_binary(request, MAX_ENVELOPE)
+    async with app.store.read() as session:
+        contact = await session.get(Contact, contact_id)
+        mailbox = await session.get(Mailbox, mailbox_id)
+    if contact is None or mailbox is None or contact.mailbox_id != mailbox_id or contact.state != "complete":
+        raise ApiError(404, "not_found", "No such contact for this mailbox.")
+    header = _check_envelope(app, data, E.Purpose.FOLLOW_UP, contact.pool, now)
+    _check_submission(
+        request,
+        data,
+        kind="follow-up",
+        pool=contact.pool,
+        attachments=0,
+        contact_id=contact_id,
+        key=VerifyKey(mailbox.public_key),
+    )
+    message_id = _new_id()
+    envelope_hash = hashlib.sha256(data).digest()
+    async with app.store.write() as session:
+        verified = await _verify_pow_unspent(session, checked, request.headers[POW_HEADER])
+        await _check_quota(session, app, mailbox_id, today)
+        seq = await session.scalar(
+            select(func.coalesce(func.max(Message.seq), 0)).where(Message.mailbox_id == mailbox_id)
+        )
+        session.add(
+            Message(
+                id=message_id,
+                mailbox_id=mailbox_id,
+                contact_id=contact_id,
+                kind="follow-up",
+                day=today,
+                bucket=header.bucket,
+                envelope=data,
+                envelope_hash=envelope_hash,
+                seq=(seq or 0) + 1,
+            )
+        )
+        session.add(SpentChallenge(nonce=verified.nonce, expires=verified.expires))
+        await _flush_or_conflict(session)
+    receipt = _sign_receipt(app, _Stored(message_id, envelope_hash, today))
+    return web.json_response({"message": message_id, "receipt": receipt}, status=201)

@@ -1,0 +1,55 @@
+"""The server's own secrets, each in its own 0600 file under ``DATA/keys``.
+
+* ``receipt.key``: the Ed25519 seed that signs receipts; its public half is in
+  the directory, so applicants can check what the server acknowledged.
+* ``pow.key``: the secret that authenticates proof-of-work challenges.
+
+Neither is ever written to configuration, logs or the database.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+from pathlib import Path
+
+from safepassage.crypto.errors import SafePassageError
+from safepassage.crypto.keys import SigningKey
+from safepassage.crypto.pow import PowKey
+from safepassage.crypto.privatefile import read_private, write_private
+
+RECEIPT_KEY_FILE = "receipt.key"
+POW_KEY_FILE = "pow.key"
+
+
+class MissingKeys(SafePassageError):
+    """The server's key files are missing."""
+
+    hint = "Run: safepassage server init --data DIR (once), and keep DATA/keys with the data."
+    exit_code = 2
+
+
+@dataclass(frozen=True, slots=True, repr=False)
+class ServerKeys:
+    receipt: SigningKey
+    pow: PowKey
+
+    def __repr__(self) -> str:
+        return f"ServerKeys(receipt={self.receipt.verify_key.key_id.short()}...)"
+
+
+def create_keys(keys_dir: Path) -> ServerKeys:
+    keys_dir.mkdir(mode=0o700, parents=True, exist_ok=True)
+    keys_dir.chmod(0o700)
+    keys = ServerKeys(SigningKey.generate(), PowKey.generate())
+    write_private(keys_dir / RECEIPT_KEY_FILE, keys.receipt.seed_bytes_raw(), replace=False)
+    write_private(keys_dir / POW_KEY_FILE, keys.pow.secret_bytes_raw(), replace=False)
+    return keys
+
+
+def load_keys(keys_dir: Path) -> ServerKeys:
+    try:
+        receipt = read_private(keys_dir / RECEIPT_KEY_FILE, max_len=64, what="the receipt key")
+        pow_key = read_private(keys_dir / POW_KEY_FILE, max_len=64, what="the proof-of-work key")
+    except FileNotFoundError:
+        raise MissingKeys() from None
+    return ServerKeys(SigningKey.from_seed_bytes(receipt), PowKey.from_bytes(pow_key))

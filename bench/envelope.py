@@ -33,6 +33,9 @@ def _raw_seal(publics: list[tuple[bytes, bytes, bytes]]) -> None:
         ss_m, ct_m = P.mlkem768_encapsulate(pk_m)
         wrap_key = P.sha3_256(L.HYBRID_COMBINER, ss_m, ss_x, ct_m, eph_pub, pk_x, kid)
         P.aead_seal(wrap_key, E.ZERO_NONCE, content_key, L.WRAP_AD + kid)
+    header = bytes(E.envelope_length(0, len(publics)) - E.BUCKETS[0] - P.AEAD_TAG_LEN)
+    # The key commitment: an HMAC over the header under a key derived from the content key.
+    P.hmac_sha256(P.hkdf_sha256(content_key, salt=envelope_id, info=L.COMMIT_KEY, length=32), header)
     body_key = P.hkdf_sha256(content_key, salt=envelope_id, info=L.BODY_KEY, length=32)
     # The body binds the whole header as associated data.
     P.aead_seal(body_key, E.ZERO_NONCE, bytes(E.BUCKETS[0]), bytes(E.envelope_length(0, len(publics)) - E.BUCKETS[0]))
@@ -62,6 +65,8 @@ class _RawOpen:
         # The combiner output above cannot open a wrap made elsewhere; the AEAD
         # work is the same with the prepared key.
         content_key = P.aead_open(self.wrap_key, E.ZERO_NONCE, self.wrapped, L.WRAP_AD + self.kid)
+        mac_key = P.hkdf_sha256(content_key, salt=bytes(16), info=L.COMMIT_KEY, length=32)
+        P.constant_time_equal(P.hmac_sha256(mac_key, self.header[:-32]), self.header[-32:])
         body_key = P.hkdf_sha256(content_key, salt=bytes(16), info=L.BODY_KEY, length=32)
         P.aead_open(body_key, E.ZERO_NONCE, self.body, self.header)
         # The envelope hash (for receipts and chunk binding) covers every byte.
@@ -111,7 +116,7 @@ def main() -> None:
             E.seal(MESSAGE, publics, E.Purpose.CONTACT)
 
         def open_env(data: bytes = sealed.data, opener: HybridPrivateKey = opener) -> None:
-            E.open_envelope(data, [opener])
+            E.open_envelope(data, [opener], expected_purpose=E.Purpose.CONTACT)
 
         print(
             _row(f"seal, {n} recipient(s)", seal_env, lambda rp=raw_publics: _raw_seal(rp), args.rounds, args.seconds)

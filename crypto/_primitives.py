@@ -57,6 +57,7 @@ __all__ = [
     "hkdf_sha256",
     "hmac_sha256",
     "MlKemPrivate",
+    "check_hybrid_public",
     "mlkem768_encapsulate",
     "random_bytes",
     "sha256",
@@ -145,6 +146,19 @@ class MlKemPrivate:
             return self._key.decapsulate(ciphertext)
         except ValueError as exc:
             raise MalformedInput("ml-kem ciphertext") from exc
+
+
+def check_hybrid_public(x25519_public: bytes, mlkem_public: bytes) -> None:
+    """Refuse an encryption key nobody could seal to: a small-order X25519 point
+    or an ML-KEM key that fails the FIPS 203 modulus check."""
+    # A small-order point gives an all-zero result for every scalar, which
+    # libsodium refuses; the scalar here is arbitrary and public.
+    x25519_shared(b"\x01" * X25519_KEY_LEN, x25519_public)
+    _check_len(mlkem_public, MLKEM768_PUBLIC_LEN, "ml-kem public key")
+    try:
+        _mlkem.MLKEM768PublicKey.from_public_bytes(mlkem_public)
+    except ValueError:
+        raise MalformedInput("ml-kem public key") from None
 
 
 def mlkem768_encapsulate(public: bytes) -> tuple[bytes, bytes]:

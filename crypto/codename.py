@@ -59,7 +59,16 @@ class Codename:
     __slots__ = ("_words",)
 
     def __init__(self, words: tuple[str, ...]) -> None:
-        self._words = words
+        # Validated here too, so no path can derive keys from something that is
+        # not a list codename (and no encoding error can quote its words).
+        known = _word_set()
+        if len(words) != CODENAME_WORDS:
+            raise InvalidCodename(f"it has {len(words)} words, not {CODENAME_WORDS}")
+        for position, word in enumerate(words, start=1):
+            if word not in known:
+                # Name the position, never the word: error text can end up in logs.
+                raise InvalidCodename(f"word {position} is not in the list")
+        self._words = tuple(words)
 
     def reveal(self) -> str:
         """The codename as the applicant writes it down. Show it once; never log it."""
@@ -86,15 +95,7 @@ def parse_codename(text: str) -> Codename:
     """Normalise what a person typed: any case, any whitespace, compatibility forms."""
     if not isinstance(text, str) or len(text) > 512:
         raise InvalidCodename()
-    words = tuple(unicodedata.normalize("NFKC", text).lower().split())
-    if len(words) != CODENAME_WORDS:
-        raise InvalidCodename(f"it has {len(words)} words, not {CODENAME_WORDS}")
-    known = _word_set()
-    for position, word in enumerate(words, start=1):
-        if word not in known:
-            # Name the position, never the word: error text can end up in logs.
-            raise InvalidCodename(f"word {position} is not in the list")
-    return Codename(words)
+    return Codename(tuple(unicodedata.normalize("NFKC", text).lower().split()))
 
 
 @dataclass(frozen=True, slots=True, repr=False)

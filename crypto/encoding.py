@@ -58,11 +58,12 @@ def canonical_json(value: JsonValue) -> bytes:
     return json.dumps(value, ensure_ascii=False, sort_keys=True, separators=(",", ":"), allow_nan=False).encode("utf-8")
 
 
+#: Containers nested at most this deep (a top-level object or list is depth 1).
 MAX_DEPTH: Final = 16
 
 
 def _check_value(value: object, depth: int) -> None:
-    if depth > MAX_DEPTH:
+    if depth >= MAX_DEPTH and isinstance(value, list | dict):
         raise MalformedInput("JSON nested too deeply")
     if isinstance(value, bool):
         return
@@ -102,6 +103,13 @@ def _no_duplicates(pairs: list[tuple[str, JsonValue]]) -> JsonObject:
     return out
 
 
+def _bounded_int(text: str) -> int:
+    # Checked on the digits, before int() builds a number from thousands of them.
+    if len(text.lstrip("-")) > 16:
+        raise MalformedInput("JSON integer out of range")
+    return int(text)
+
+
 def _no_float(text: str) -> JsonValue:
     raise MalformedInput("JSON number must be an integer")
 
@@ -112,16 +120,21 @@ def parse_canonical_json(data: bytes, *, max_len: int) -> JsonValue:
         raise MalformedInput("JSON input must be bytes")
     if len(data) > max_len:
         raise MalformedInput(f"JSON document larger than {max_len} bytes")
+    value: JsonValue | None = None
     try:
-        text = data.decode("utf-8")
-        value: JsonValue = json.loads(
-            text,
+        value = json.loads(
+            data.decode("utf-8"),
             object_pairs_hook=_no_duplicates,
+            parse_int=_bounded_int,
             parse_float=_no_float,
             parse_constant=_no_float,
         )
-    except (UnicodeDecodeError, json.JSONDecodeError, RecursionError) as exc:
-        raise MalformedInput("not valid JSON") from exc
+    except (UnicodeDecodeError, json.JSONDecodeError, RecursionError, ValueError):
+        # Raised outside this block, so no chained exception keeps the input
+        # (which may be decrypted plaintext) in its .doc or .object.
+        value = None
+    if value is None:
+        raise MalformedInput("not valid JSON")
     if canonical_json(value) != data:
         raise MalformedInput("JSON is not in canonical form")
     return value

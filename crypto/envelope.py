@@ -39,6 +39,7 @@ CONTENT_KEY_LEN: Final = 32
 HEADER_PREFIX_LEN: Final = len(L.ENVELOPE_MAGIC) + 3 + ENVELOPE_ID_LEN  # 23
 WRAPPED_KEY_LEN: Final = CONTENT_KEY_LEN + P.AEAD_TAG_LEN  # 48
 STANZA_LEN: Final = KEY_ID_LEN + P.X25519_KEY_LEN + P.MLKEM768_CT_LEN + WRAPPED_KEY_LEN  # 1200
+COMMITMENT_LEN: Final = 32
 ZERO_NONCE: Final = bytes(P.AEAD_NONCE_LEN)
 
 #: Padded plaintext per attachment chunk; every chunk on the wire has the same size.
@@ -68,7 +69,7 @@ def bucket_for(length: int) -> int:
 
 
 def envelope_length(bucket: int, recipients: int) -> int:
-    return HEADER_PREFIX_LEN + STANZA_LEN * recipients + BUCKETS[bucket] + P.AEAD_TAG_LEN
+    return HEADER_PREFIX_LEN + STANZA_LEN * recipients + COMMITMENT_LEN + BUCKETS[bucket] + P.AEAD_TAG_LEN
 
 
 @dataclass(frozen=True, slots=True)
@@ -106,6 +107,16 @@ def _derive(content_key: bytes, envelope_id: bytes, label: bytes) -> bytes:
     return P.hkdf_sha256(content_key, salt=envelope_id, info=label, length=P.AEAD_KEY_LEN)
 
 
+def _commitment(content_key: bytes, envelope_id: bytes, header_without_commitment: bytes) -> bytes:
+    # XChaCha20-Poly1305 does not commit to its key: without this MAC a sender
+    # could wrap a different content key for each recipient and craft one body
+    # that opens, with a valid tag, to a different plaintext for each of them.
+    # An HMAC under a key derived from the content key, over the whole header,
+    # pins every recipient to the same content key (as age's header MAC does).
+    mac_key = _derive(content_key, envelope_id, L.COMMIT_KEY)
+    return P.hmac_sha256(mac_key, header_without_commitment)
+
+
 def _pad(plaintext: bytes, size: int) -> bytes:
     return u32(len(plaintext)) + plaintext + bytes(size - 4 - len(plaintext))
 
@@ -124,13 +135,21 @@ def _unpad(padded: bytes, what: str) -> bytes:
 class _ContentKey:
     """Holds a content key; its repr never shows it."""
 
-    __slots__ = ("_key",)
+    __slots__ = ("_key", "_sealed_attachments")
 
     def __init__(self, key: bytes) -> None:
         self._key = key
+        self._sealed_attachments: set[int] = set()
 
     def get(self) -> bytes:
         return self._key
+
+    def claim_attachment(self, attachment: int) -> None:
+        """Each attachment number gets one sealer: a second would restart at
+        chunk 0 with the same key and nonces, reusing the keystream."""
+        if attachment in self._sealed_attachments:
+            raise MalformedInput(f"attachment {attachment} of this envelope was already sealed")
+        self._sealed_attachments.add(attachment)
 
     def __repr__(self) -> str:
         return "<content key>"
@@ -155,7 +174,9 @@ class SealedEnvelope:
         return P.sha256(self.data)
 
     def attachment_sealer(self, attachment: int) -> ChunkSealer:
-        return ChunkSealer(self._content_key, self.header.envelope_id, self.envelope_hash, attachment)
+        sealer = ChunkSealer(self._content_key, self.header.envelope_id, self.envelope_hash, attachment)
+        self._content_key.claim_attachment(attachment)
+        return sealer
 
 
 def seal(
@@ -190,6 +211,7 @@ def seal(
         wrapped = P.aead_seal(wrap_key, ZERO_NONCE, content_key, L.WRAP_AD + prefix + pk.key_id.raw)
         stanzas.append(pk.key_id.raw + eph_public + ct_m + wrapped)
     header_bytes = b"".join(stanzas)
+    header_bytes += _commitment(content_key, envelope_id, header_bytes)
 
     body_key = _derive(content_key, envelope_id, L.BODY_KEY)
     # Fixed nonce: the body key is derived from a fresh content key and used once.
@@ -238,7 +260,7 @@ def _parse(data: bytes) -> EnvelopeHeader:
 
 
 def _header_len(header: EnvelopeHeader) -> int:
-    return HEADER_PREFIX_LEN + STANZA_LEN * len(header.recipient_ids)
+    return HEADER_PREFIX_LEN + STANZA_LEN * len(header.recipient_ids) + COMMITMENT_LEN
 
 
 def parse_header(data: bytes) -> EnvelopeHeader:
@@ -265,11 +287,11 @@ def open_envelope(
     data: bytes,
     keys: Sequence[HybridPrivateKey],
     *,
-    expected_purpose: Purpose | None = None,
+    expected_purpose: Purpose,
 ) -> OpenedEnvelope:
     """Open ``data`` with whichever of ``keys`` it was sealed to."""
     header = _parse(data)
-    if expected_purpose is not None and header.purpose != expected_purpose:
+    if header.purpose != expected_purpose:
         raise MalformedInput(f"expected a {expected_purpose.name.lower()} envelope")
     by_id = {k.key_id.raw: k for k in keys}
     index = next((i for i, kid in enumerate(header.recipient_ids) if kid in by_id), None)
@@ -285,8 +307,11 @@ def open_envelope(
     pk = key.public_key
     wrap_key = _combine(ss_m, ss_x, mlkem_ct, ephemeral, pk.x25519, pk.key_id)
     content_key = P.aead_open(wrap_key, ZERO_NONCE, wrapped, L.WRAP_AD + prefix + pk.key_id.raw)
-    body_key = _derive(content_key, header.envelope_id, L.BODY_KEY)
     header_len = _header_len(header)
+    commitment = _commitment(content_key, header.envelope_id, data[: header_len - COMMITMENT_LEN])
+    if not P.constant_time_equal(commitment, data[header_len - COMMITMENT_LEN : header_len]):
+        raise DecryptionFailed("the header does not commit to this content key")
+    body_key = _derive(content_key, header.envelope_id, L.BODY_KEY)
     padded = P.aead_open(body_key, ZERO_NONCE, data[header_len:], data[:header_len])
     return OpenedEnvelope(header, _unpad(padded, "envelope"), P.sha256(data), key.key_id, _ContentKey(content_key))
 

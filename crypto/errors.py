@@ -121,6 +121,13 @@ class InsecureFile(SafePassageError):
     exit_code = 4
 
 
+class FileAccessError(SafePassageError):
+    """A file could not be read or written."""
+
+    hint = "Check that the path exists, is a regular file, and that you may read and write it."
+    exit_code = 5
+
+
 class InvalidCodename(SafePassageError):
     """That is not a valid codename."""
 

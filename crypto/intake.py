@@ -28,7 +28,7 @@ from .encoding import (
     parse_canonical_json,
     require_keys,
 )
-from .envelope import CHUNK_DATA_MAX
+from .envelope import CHUNK_DATA_MAX, MAX_BODY
 from .errors import MalformedInput
 from .keys import HYBRID_PUBLIC_LEN, SIGNATURE_LEN, HybridPublicKey, KeyId, SigningKey, VerifyKey
 
@@ -50,7 +50,7 @@ Kind = Literal["contact", "follow-up"]
 Origin = Literal["cli", "browser", "server-sealed"]
 
 
-@dataclass(frozen=True, slots=True)
+@dataclass(frozen=True, slots=True, repr=False)
 class AttachmentInfo:
     """What the handler is told about one attachment; never visible to the server."""
 
@@ -58,6 +58,22 @@ class AttachmentInfo:
     media_type: str
     size: int
     chunks: int
+
+    def __post_init__(self) -> None:
+        # Checked on both sides: a contact the client seals must be one every
+        # handler's client will open, or a first contact is silently lost.
+        if not isinstance(self.name, str) or not 1 <= len(self.name) <= 255:
+            raise MalformedInput("attachment name must be 1 to 255 characters")
+        if not isinstance(self.media_type, str) or len(self.media_type) > 127:
+            raise MalformedInput("attachment media type must be at most 127 characters")
+        if isinstance(self.size, bool) or not isinstance(self.size, int) or self.size < 0:
+            raise MalformedInput("attachment size must be a non-negative integer")
+        if self.chunks != attachment_chunk_count(self.size):
+            raise MalformedInput("attachment chunk count does not match its size")
+
+    def __repr__(self) -> str:
+        # The name, type and size are sealed content: never in a repr.
+        return f"AttachmentInfo({self.chunks} chunk(s))"
 
     def to_json(self) -> JsonObject:
         return {"name": self.name, "media_type": self.media_type, "size": self.size, "chunks": self.chunks}
@@ -70,7 +86,7 @@ class AttachmentInfo:
             get_str(obj, "name", max_len=255),
             get_str(obj, "media_type", max_len=127),
             get_int(obj, "size"),
-            get_int(obj, "chunks", minimum=1),
+            get_int(obj, "chunks", minimum=1, maximum=2**20),
         )
 
 
@@ -127,7 +143,7 @@ class Contact:
         _check_contact(self)
         body = self.to_json()
         sig = mailbox.sign(L.SIG_CONTACT, canonical_json(body))
-        return canonical_json({"contact": body, "sig": b64e(sig)})
+        return _fits(canonical_json({"contact": body, "sig": b64e(sig)}))
 
     @classmethod
     def open_payload(cls, plaintext: bytes) -> Contact:
@@ -159,6 +175,12 @@ class Contact:
         sig = b64d(get_str(outer, "sig"), length=SIGNATURE_LEN, what="contact signature")
         contact.mailbox_key.verify(L.SIG_CONTACT, canonical_json(body), sig)
         return contact
+
+
+def _fits(payload: bytes) -> bytes:
+    if len(payload) > MAX_BODY:
+        raise MalformedInput(f"the message is too long: at most {MAX_BODY} bytes once encoded")
+    return payload
 
 
 def _check_contact(c: Contact) -> None:
@@ -195,7 +217,9 @@ class FollowUp:
         if not _ID.fullmatch(self.contact_id) or len(self.message) > MAX_MESSAGE_CHARS:
             raise MalformedInput("follow-up fields have an invalid form")
         body = self.to_json()
-        return canonical_json({"follow_up": body, "sig": b64e(mailbox.sign(L.SIG_FOLLOW_UP, canonical_json(body)))})
+        return _fits(
+            canonical_json({"follow_up": body, "sig": b64e(mailbox.sign(L.SIG_FOLLOW_UP, canonical_json(body)))})
+        )
 
     @classmethod
     def open_payload(cls, plaintext: bytes) -> FollowUp:
@@ -226,6 +250,9 @@ def submission_bytes(*, kind: Kind, pool: str, attachments: int, envelope_hash: 
         raise MalformedInput("submission fields have an invalid form")
     if not 0 <= attachments <= MAX_ATTACHMENTS or (contact_id and not _ID.fullmatch(contact_id)):
         raise MalformedInput("submission fields have an invalid form")
+    # A new contact names no contact; a follow-up names the one it continues.
+    if (kind == "contact") == bool(contact_id):
+        raise MalformedInput("submission contact id does not fit its kind")
     return canonical_json(
         {
             "type": SUBMISSION_TYPE,

@@ -152,6 +152,10 @@ class HybridPublicKey:
     def __init__(self, raw: bytes) -> None:
         if not isinstance(raw, bytes) or len(raw) != HYBRID_PUBLIC_LEN:
             raise MalformedInput(f"hybrid public key must be {HYBRID_PUBLIC_LEN} bytes")
+        # Checked once here, so a key in a directory is always one we can seal
+        # to: a rogue handler cannot publish a key that makes sealing to its
+        # pool fail for everyone.
+        P.check_hybrid_public(raw[: P.X25519_KEY_LEN], raw[P.X25519_KEY_LEN :])
         self._raw = raw
         self._id = _key_id(L.KEY_TYPE_HYBRID, raw)
 

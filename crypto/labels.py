@@ -22,15 +22,17 @@ FINGERPRINT: Final = b"safepassage/v1/fingerprint"
 ORG_FINGERPRINT: Final = b"safepassage/v1/org-fingerprint"
 KEY_TYPE_ED25519: Final = b"ed25519"
 KEY_TYPE_HYBRID: Final = b"x25519-mlkem768"
+KEY_TYPE_KEYSET: Final = b"keyset"
 
 # --- envelope ---------------------------------------------------------------------
 HYBRID_COMBINER: Final = b"safepassage/v1/hybrid-kem"
 WRAP_AD: Final = b"safepassage/v1/wrap"
+COMMIT_KEY: Final = b"safepassage/v1/commit-key"
 BODY_KEY: Final = b"safepassage/v1/body-key"
 CHUNK_KEY: Final = b"safepassage/v1/chunk-key"
 CHUNK_AD: Final = b"safepassage/v1/chunk"
 
-# --- signatures (each is prefixed by SIGNATURE, see signing.py) ---------------------
+# --- signatures (each is prefixed by SIGNATURE, see keys.py) ---------------------
 SIGNATURE: Final = b"safepassage/v1/sig/"
 SIG_DIRECTORY: Final = b"directory"
 SIG_INTAKE_KEY: Final = b"intake-key"

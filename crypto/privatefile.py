@@ -13,7 +13,7 @@ import stat
 from pathlib import Path
 
 from . import _primitives as P
-from .errors import InsecureFile, MalformedInput
+from .errors import FileAccessError, InsecureFile, MalformedInput
 
 
 def read_private(path: Path, *, max_len: int, what: str) -> bytes:
@@ -23,10 +23,17 @@ def read_private(path: Path, *, max_len: int, what: str) -> bytes:
     read. Only the file's own mode is checked: a group- or world-writable
     directory would let others replace the file, which an authenticated format
     (the vault) catches unless they put back an older copy. A missing file
-    raises :class:`FileNotFoundError` for the caller to name.
+    raises :class:`FileNotFoundError` for the caller to name; a symbolic link
+    is refused, because a later save would replace the link and leave the file
+    it pointed to (and any key "destroyed" since) behind.
     """
-    # O_NONBLOCK: a planted FIFO must not hang us before fstat refuses it.
-    fd = os.open(path, os.O_RDONLY | os.O_CLOEXEC | os.O_NONBLOCK)
+    try:
+        # O_NONBLOCK: a planted FIFO must not hang us before fstat refuses it.
+        fd = os.open(path, os.O_RDONLY | os.O_CLOEXEC | os.O_NONBLOCK | os.O_NOFOLLOW)
+    except FileNotFoundError:
+        raise
+    except OSError as exc:
+        raise _access_error(exc, what) from None
     try:
         st = os.fstat(fd)
         if not stat.S_ISREG(st.st_mode):
@@ -40,6 +47,13 @@ def read_private(path: Path, *, max_len: int, what: str) -> bytes:
     if len(data) > max_len:
         raise MalformedInput(f"{what} is larger than {max_len} bytes")
     return data
+
+
+def _access_error(exc: OSError, what: str) -> FileAccessError | InsecureFile:
+    if exc.errno == errno.ELOOP:
+        return InsecureFile(f"{what} is a symbolic link")
+    # The errno name only: the OS message is fine, but the path may be personal.
+    return FileAccessError(f"{what}: {errno.errorcode.get(exc.errno or 0, 'error')}")
 
 
 def _fsync_directory(directory: Path) -> None:
@@ -95,15 +109,23 @@ def write_private(path: Path, data: bytes, *, replace: bool) -> None:
 
     Readers see the old file or the new one, never a half-written one, and the
     file never exists with wider permissions. Without ``replace``, an existing
-    file raises :class:`FileExistsError` and is left untouched.
+    file raises :class:`FileExistsError` and is left untouched. A symbolic link
+    at ``path`` is refused: replacing the link would leave its target behind.
     """
+    if path.is_symlink():
+        raise InsecureFile("refusing to write through a symbolic link")
     directory = path.parent
-    tmp = _write_temp(directory, path.name, data)
     try:
-        if replace:
-            os.replace(tmp, path)
-        else:
-            _publish_new(tmp, path)
-    finally:
-        tmp.unlink(missing_ok=True)
-    _fsync_directory(directory)
+        tmp = _write_temp(directory, path.name, data)
+        try:
+            if replace:
+                os.replace(tmp, path)
+            else:
+                _publish_new(tmp, path)
+        finally:
+            tmp.unlink(missing_ok=True)
+        _fsync_directory(directory)
+    except FileExistsError:
+        raise
+    except OSError as exc:
+        raise _access_error(exc, "the file") from None

@@ -8,19 +8,29 @@ envelope, and lets a client check that what it sent is what was stored.
 
 from __future__ import annotations
 
+import datetime as dt
 import re
 from dataclasses import dataclass
 from typing import Final
 
 from . import labels as L
 from .encoding import as_obj, b64d, b64e, canonical_json, get_bytes, get_str, parse_canonical_json, require_keys
-from .errors import MalformedInput
+from .errors import BadSignature, MalformedInput
 from .keys import SIGNATURE_LEN, SigningKey, VerifyKey
 
 RECEIPT_TYPE: Final = "safepassage/receipt/v1"
 MAX_RECEIPT_BYTES: Final = 4096
 _ID = re.compile(r"[A-Za-z0-9_-]{8,64}")
-_DAY = re.compile(r"\d{4}-\d{2}-\d{2}")
+_DAY = re.compile(r"[0-9]{4}-[0-9]{2}-[0-9]{2}")
+
+
+def _valid_day(day: str) -> bool:
+    if not _DAY.fullmatch(day):
+        return False
+    try:
+        return dt.date.fromisoformat(day).isoformat() == day
+    except ValueError:
+        return False
 
 
 @dataclass(frozen=True, slots=True)
@@ -32,7 +42,7 @@ class Receipt:
 
     @staticmethod
     def signed_bytes(contact_id: str, envelope_hash: bytes, day: str) -> bytes:
-        if not _ID.fullmatch(contact_id) or not _DAY.fullmatch(day) or len(envelope_hash) != 32:
+        if not _ID.fullmatch(contact_id) or not _valid_day(day) or len(envelope_hash) != 32:
             raise MalformedInput("receipt fields have an invalid form")
         return canonical_json(
             {"type": RECEIPT_TYPE, "contact": contact_id, "envelope": b64e(envelope_hash), "day": day}
@@ -43,11 +53,11 @@ class Receipt:
         sig = key.sign(L.SIG_RECEIPT, cls.signed_bytes(contact_id, envelope_hash, day))
         return cls(contact_id, envelope_hash, day, sig)
 
-    def verify(self, key: VerifyKey, *, envelope_hash: bytes | None = None) -> None:
-        """Raise unless the server key signed this receipt (and, if given, for this envelope)."""
+    def verify(self, key: VerifyKey, *, envelope_hash: bytes) -> None:
+        """Raise unless the server key signed this receipt for exactly this envelope."""
         key.verify(L.SIG_RECEIPT, self.signed_bytes(self.contact_id, self.envelope_hash, self.day), self.signature)
-        if envelope_hash is not None and envelope_hash != self.envelope_hash:
-            raise MalformedInput("the receipt is for a different envelope")
+        if envelope_hash != self.envelope_hash:
+            raise BadSignature("the receipt is for a different envelope")
 
     def to_bytes(self) -> bytes:
         return canonical_json(

@@ -76,7 +76,7 @@ class KeySet:
 
     def fingerprint(self) -> str:
         """The organisation fingerprint people compare out of band (ten groups of five digits)."""
-        return fingerprint_of(L.ORG_FINGERPRINT, b"keyset", canonical_json(self.to_json()))
+        return fingerprint_of(L.ORG_FINGERPRINT, L.KEY_TYPE_KEYSET, canonical_json(self.to_json()))
 
     def verify(self, purpose: bytes, message: bytes, signatures: Sequence[Signature]) -> frozenset[KeyId]:
         """Return the ids of members whose signatures verify; raise unless there are at least M."""

@@ -17,6 +17,7 @@ from safepassage.crypto.directory import (
 )
 from safepassage.crypto.keys import HybridPrivateKey, SigningKey
 from safepassage.crypto.threshold import KeySet
+from safepassage.crypto.translog import MerkleLog, SignedTreeHead, TreeHead, sign_tree_head
 
 DAY = 86400
 WEEK = 7 * DAY
@@ -84,3 +85,21 @@ class Org:
 
     def signed(self, directory: Directory, signers: Sequence[SigningKey] | None = None) -> SignedDirectory:
         return sign_directory(directory, self.admins[: self.threshold] if signers is None else signers)
+
+    def publication(
+        self,
+        directory: Directory,
+        log: MerkleLog,
+        *,
+        timestamp: int = 1_700_000_000,
+        signers: Sequence[SigningKey] | None = None,
+    ) -> tuple[SignedDirectory, SignedTreeHead]:
+        """The signed directory and the head over ``log`` with it appended (``log`` is not changed)."""
+        signed = self.signed(directory, signers)
+        extended = MerkleLog(log.leaf_hashes())
+        extended.append(signed.to_bytes())
+        head = TreeHead(extended.size, extended.root(), timestamp)
+        keys = self.admins[: self.threshold] if signers is None else signers
+        return signed, SignedTreeHead(
+            head, tuple(sorted((sign_tree_head(head, k) for k in keys), key=lambda s: s.key_id.raw))
+        )

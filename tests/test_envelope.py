@@ -43,7 +43,7 @@ def test_header_is_readable_without_keys_and_sorted() -> None:
 def test_non_recipient_cannot_open() -> None:
     sealed = E.seal(b"secret", PUBLIC[:2], E.Purpose.CONTACT)
     with pytest.raises(NotARecipient):
-        E.open_envelope(sealed.data, [KEYS[4]])
+        E.open_envelope(sealed.data, [KEYS[4]], expected_purpose=E.Purpose.CONTACT)
 
 
 def test_expected_purpose_is_enforced() -> None:
@@ -82,7 +82,7 @@ def test_too_long_and_bad_arguments() -> None:
 def test_min_bucket_pads_further() -> None:
     sealed = E.seal(b"short", PUBLIC[:1], E.Purpose.CONTACT, min_bucket=2)
     assert sealed.header.bucket == 2
-    assert E.open_envelope(sealed.data, KEYS[:1]).plaintext == b"short"
+    assert E.open_envelope(sealed.data, KEYS[:1], expected_purpose=E.Purpose.CONTACT).plaintext == b"short"
 
 
 SMALL = E.seal("Я хочу уйти. canary-7f3a".encode(), PUBLIC[:2], E.Purpose.CONTACT)
@@ -95,19 +95,19 @@ def test_any_byte_change_raises_our_error(data: st.DataObject) -> None:
     mutated = bytearray(SMALL.data)
     mutated[pos] ^= flip
     with pytest.raises(SafePassageError):
-        E.open_envelope(bytes(mutated), KEYS[:2])
+        E.open_envelope(bytes(mutated), KEYS[:2], expected_purpose=E.Purpose.CONTACT)
 
 
 @given(st.integers(0, len(SMALL.data) - 1))
 def test_truncation_raises_our_error(cut: int) -> None:
     with pytest.raises(MalformedInput):
-        E.open_envelope(SMALL.data[:cut], KEYS[:1])
+        E.open_envelope(SMALL.data[:cut], KEYS[:1], expected_purpose=E.Purpose.CONTACT)
 
 
 @given(st.binary(max_size=3000))
 def test_garbage_raises_our_error(blob: bytes) -> None:
     with pytest.raises(SafePassageError):
-        E.open_envelope(blob, KEYS[:1])
+        E.open_envelope(blob, KEYS[:1], expected_purpose=E.Purpose.CONTACT)
 
 
 def test_future_version_is_named() -> None:
@@ -124,7 +124,7 @@ def test_swapping_stanzas_between_envelopes_fails() -> None:
     spliced = SMALL.data[:start] + other.data[start:end] + SMALL.data[end:]
     for key in KEYS[:2]:
         with pytest.raises(SafePassageError):
-            E.open_envelope(spliced, [key])
+            E.open_envelope(spliced, [key], expected_purpose=E.Purpose.CONTACT)
 
 
 # --- chunks ----------------------------------------------------------------------
@@ -141,7 +141,7 @@ def test_chunks_round_trip_through_streams() -> None:
     assert len(frames) == 3
     assert {len(f) for f in frames} == {E.CHUNK_LEN}
     assert [E.parse_chunk_frame(f).final for f in frames] == [False, False, True]
-    opener = E.open_envelope(sealed.data, KEYS[:1]).attachment_opener(0)
+    opener = E.open_envelope(sealed.data, KEYS[:1], expected_purpose=E.Purpose.CONTACT).attachment_opener(0)
     assert b"".join(opener.open_chunk(f) for f in frames) == data
     assert opener.finish() == 3
 
@@ -151,7 +151,7 @@ def test_chunk_edge_sizes(size: int) -> None:
     sealed = E.seal(b"x", PUBLIC[:1], E.Purpose.CONTACT)
     frames = list(sealed.attachment_sealer(1).seal_stream(io.BytesIO(_attachment(size))))
     assert len(frames) == 1
-    opener = E.open_envelope(sealed.data, KEYS[:1]).attachment_opener(1)
+    opener = E.open_envelope(sealed.data, KEYS[:1], expected_purpose=E.Purpose.CONTACT).attachment_opener(1)
     assert opener.open_chunk(frames[0]) == _attachment(size)
     opener.finish()
 
@@ -164,7 +164,7 @@ def two_chunks() -> tuple[E.SealedEnvelope, list[bytes]]:
 
 
 def _opener(sealed: E.SealedEnvelope, attachment: int = 0) -> E.ChunkOpener:
-    return E.open_envelope(sealed.data, KEYS[:1]).attachment_opener(attachment)
+    return E.open_envelope(sealed.data, KEYS[:1], expected_purpose=E.Purpose.CONTACT).attachment_opener(attachment)
 
 
 def test_reordered_chunks_fail(two_chunks: tuple[E.SealedEnvelope, list[bytes]]) -> None:
@@ -242,10 +242,34 @@ def test_sealer_refuses_misuse() -> None:
         sealer.seal_chunk(b"", final=True)
 
 
+@pytest.mark.parametrize(
+    "bad_pad",
+    [
+        lambda m, size: len(m).to_bytes(4, "big") + m + b"\x01" + bytes(size - 5 - len(m)),
+        lambda m, size: (size - 3).to_bytes(4, "big") + m + bytes(size - 4 - len(m)),
+    ],
+    ids=["non-zero padding", "length beyond bucket"],
+)
+def test_bad_padding_is_refused(monkeypatch: pytest.MonkeyPatch, bad_pad: object) -> None:
+    # A sender with the content key can put anything under the tag; the reader
+    # must still accept only the one canonical padding (section 4.2).
+    monkeypatch.setattr(E, "_pad", bad_pad)
+    sealed = E.seal(b"padded", PUBLIC[:1], E.Purpose.CONTACT)
+    monkeypatch.undo()
+    with pytest.raises(DecryptionFailed):
+        E.open_envelope(sealed.data, KEYS[:1], expected_purpose=E.Purpose.CONTACT)
+
+
 def test_secrets_do_not_show_in_repr() -> None:
     sealed = E.seal(b"canary-plaintext", PUBLIC[:1], E.Purpose.CONTACT)
-    opened = E.open_envelope(sealed.data, KEYS[:1])
-    for obj in (sealed, opened, KEYS[0], opened.attachment_opener(0)):
+    opened = E.open_envelope(sealed.data, KEYS[:1], expected_purpose=E.Purpose.CONTACT)
+    secrets_hex = [
+        KEYS[0].private_bytes_raw().hex(),
+        sealed._content_key.get().hex(),
+    ]
+    for obj in (sealed, opened, KEYS[0], opened.attachment_opener(0), sealed.header, opened.header):
         text = repr(obj)
         assert "canary" not in text
-        assert KEYS[0].private_bytes_raw().hex()[:16] not in text
+        for secret in secrets_hex:
+            for i in range(0, len(secret) - 8, 8):
+                assert secret[i : i + 8] not in text

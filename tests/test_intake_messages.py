@@ -90,16 +90,22 @@ def test_submission_signature_binds_every_field() -> None:
     sig = sign_submission(MAILBOX, kind="contact", pool="general", attachments=1, envelope=envelope)
     verify_submission(MAILBOX.verify_key, sig, kind="contact", pool="general", attachments=1, envelope=envelope)
     for changes in (
-        {"kind": "follow-up"},
+        {"kind": "follow-up", "contact_id": "c_abcdefgh"},
         {"pool": "science"},
         {"attachments": 2},
         {"envelope": envelope + b"x"},
-        {"contact_id": "c_abcdefgh"},
     ):
         args = {"kind": "contact", "pool": "general", "attachments": 1, "envelope": envelope, "contact_id": ""}
         args.update(changes)  # type: ignore[arg-type]
         with pytest.raises(BadSignature):
             verify_submission(MAILBOX.verify_key, sig, **args)  # type: ignore[arg-type]
+
+
+def test_submission_kind_and_contact_must_agree() -> None:
+    with pytest.raises(MalformedInput):
+        sign_submission(MAILBOX, kind="contact", pool="general", attachments=0, envelope=b"e", contact_id="c_abcdefgh")
+    with pytest.raises(MalformedInput):
+        sign_submission(MAILBOX, kind="follow-up", pool="general", attachments=0, envelope=b"e")
 
 
 def test_mailbox_auth() -> None:

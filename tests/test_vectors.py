@@ -52,12 +52,12 @@ def _codename_case(case: dict[str, Any]) -> None:
 
 
 def _envelope_case(case: dict[str, Any]) -> None:
-    opened = E.open_envelope(b64d(case["envelope"]), _keys(case))
+    opened = E.open_envelope(b64d(case["envelope"]), _keys(case), expected_purpose=E.Purpose[case["purpose"]])
     assert opened.plaintext == b64d(case["plaintext"])
 
 
 def _chunks_case(case: dict[str, Any]) -> None:
-    opened = E.open_envelope(b64d(case["envelope"]), _keys(case))
+    opened = E.open_envelope(b64d(case["envelope"]), _keys(case), expected_purpose=E.Purpose.CONTACT)
     opener = opened.attachment_opener(case["attachment"])
     data = b"".join(opener.open_chunk((ROOT / "chunks" / name).read_bytes()) for name in case["chunks"])
     opener.finish()
@@ -100,6 +100,14 @@ def _vault_case(case: dict[str, Any], tmp: Path) -> None:
 
 def _pow_case(case: dict[str, Any]) -> None:
     key = W.PowKey.from_bytes(bytes.fromhex(case["key"]))
+    if "digest" in case:
+        challenge = W.Challenge.from_text(case["challenge"])
+        assert key._mac(challenge.mac_input()) == challenge.mac
+        digest = W._work_hash(
+            challenge.to_bytes(), case["counter"], memlimit_kib=challenge.memlimit_kib, opslimit=challenge.opslimit
+        )
+        assert digest.hex() == case["digest"]
+        return
     W.verify_solution(key, case["challenge"], case["counter"], now=case["now"])
 
 

@@ -98,10 +98,13 @@ RECIPIENTS = [hybrid_key(f"vector-recipient-{i}") for i in range(5)]
 MESSAGE = "Я работаю в министерстве. I can offer documents.".encode()
 
 
-def _envelope_case(data: bytes, keys: list[int], expect: str, plaintext: bytes | None = None) -> Case:
+def _envelope_case(
+    data: bytes, keys: list[int], expect: str, plaintext: bytes | None = None, purpose: str = "CONTACT"
+) -> Case:
     out: Case = {
         "keys": [seed(f"vector-recipient-{i}", 96).hex() for i in keys],
         "envelope": b64e(data),
+        "purpose": purpose,
         "expect": expect,
     }
     if plaintext is not None:
@@ -130,7 +133,7 @@ def _env_five() -> Case:
 @case("envelope/empty-message-largest-bucket")
 def _env_empty() -> Case:
     sealed = E.seal(b"", [RECIPIENTS[0].public_key], E.Purpose.REPLY, min_bucket=len(E.BUCKETS) - 1)
-    return _envelope_case(sealed.data, [0], "success", b"")
+    return _envelope_case(sealed.data, [0], "success", b"", purpose="REPLY")
 
 
 @case("envelope/not-a-recipient")
@@ -141,7 +144,8 @@ def _env_wrong() -> Case:
 @case("envelope/purpose-changed")
 def _env_purpose() -> Case:
     data = _sealed(1).data
-    return _envelope_case(data[:4] + b"\x02" + data[5:], [0], "DecryptionFailed")
+    # Opened as the reply it now claims to be: the body tag binds the purpose.
+    return _envelope_case(data[:4] + b"\x02" + data[5:], [0], "DecryptionFailed", purpose="REPLY")
 
 
 @case("envelope/envelope-id-changed")
@@ -172,6 +176,17 @@ def _env_other_stanza() -> Case:
     mine = sealed.header.recipients.index(RECIPIENTS[0].key_id)
     other_start = E.HEADER_PREFIX_LEN + E.STANZA_LEN * (1 - mine)
     return _envelope_case(_flip(sealed.data, other_start + 100), [0], "DecryptionFailed")
+
+
+@case("envelope/commitment-changed")
+def _env_commitment() -> Case:
+    data = _sealed(1).data
+    return _envelope_case(_flip(data, E.HEADER_PREFIX_LEN + E.STANZA_LEN + 3), [0], "DecryptionFailed")
+
+
+@case("envelope/wrong-purpose-expected")
+def _env_expected() -> Case:
+    return _envelope_case(_sealed(1).data, [0], "MalformedInput", purpose="FOLLOW_UP")
 
 
 @case("envelope/body-changed")
@@ -448,6 +463,21 @@ def _pow_case(challenge: W.Challenge, counter: int, now: int, expect: str, key: 
         "counter": counter,
         "now": now,
         "expect": expect,
+    }
+
+
+@case("pow/digest")
+def _w_digest() -> Case:
+    # A fixed challenge (fixed nonce and expiry) pins the whole Argon2id work hash.
+    fields = (bytes(range(16)), POW_NOW + 600, 4, 1024, 1)
+    mac = POW_KEY._mac(W._mac_input(*fields))
+    challenge = W.Challenge(*fields, mac)
+    return {
+        "key": seed("vector-pow-key").hex(),
+        "challenge": challenge.to_text(),
+        "counter": 12345,
+        "digest": W._work_hash(challenge.to_bytes(), 12345, memlimit_kib=1024, opslimit=1).hex(),
+        "expect": "success",
     }
 
 

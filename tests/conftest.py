@@ -10,6 +10,10 @@ import os
 
 from hypothesis import HealthCheck, settings
 
+# Fixtures shared by the server tests: a real PostgreSQL and a running intake.
+from .deployment import database_url, deployment  # noqa: F401
+from .pg import pg_server  # noqa: F401
+
 settings.register_profile(
     "ci",
     max_examples=150,

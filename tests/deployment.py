@@ -1,0 +1,123 @@
+"""A real intake server for tests: real files, a real database, real HTTP on loopback.
+
+``deployment`` builds a data folder the way ``server init`` does (config, 0600
+key files, migrated database), has the test organisation's admins publish a
+directory naming the server's receipt key, and serves ``create_app`` on an
+ephemeral 127.0.0.1 port. It runs once on SQLite and once on PostgreSQL.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import datetime as dt
+from collections.abc import AsyncIterator, Iterator
+from dataclasses import dataclass, replace
+from pathlib import Path
+from typing import Any
+
+import pytest
+from aiohttp import web
+from sqlalchemy import select
+
+from safepassage.crypto.directory import Directory
+from safepassage.crypto.translog import MerkleLog
+from safepassage.server.app import create_app
+from safepassage.server.config import ServerConfig
+from safepassage.server.db import migrate
+from safepassage.server.db.engine import Store, make_engine
+from safepassage.server.db.models import Base
+from safepassage.server.directory_store import Published, publish
+from safepassage.server.keys import ServerKeys, create_keys
+
+from .helpers import Org
+from .pg import PgServer, fresh_database
+
+
+@dataclass
+class Deployment:
+    org: Org
+    config: ServerConfig
+    keys: ServerKeys
+    store: Store
+    base_url: str
+    published: Published
+    app: web.Application
+
+    @property
+    def directory(self) -> Directory:
+        return self.published.directory
+
+    async def publish(self, directory: Directory, *, timestamp: int = 1_700_000_100) -> Published:
+        signed, head = self.org.publication(directory, self.published.log, timestamp=timestamp)
+        self.published = await publish(
+            self.store,
+            signed,
+            head,
+            org_fingerprint=self.config.org_fingerprint,
+            receipt_key=self.keys.receipt.verify_key,
+        )
+        return self.published
+
+    async def snapshot(self) -> dict[str, list[tuple[Any, ...]]]:
+        """Every row of every table, for checking that a refused request changed nothing."""
+        out: dict[str, list[tuple[Any, ...]]] = {}
+        async with self.store.read() as session:
+            for table in Base.metadata.sorted_tables:
+                rows = (await session.execute(select(table))).all()
+                out[table.name] = sorted((tuple(r) for r in rows), key=repr)
+        return out
+
+
+@pytest.fixture(params=["sqlite", "postgresql"])
+def database_url(request: pytest.FixtureRequest, tmp_path: Path) -> Iterator[str]:
+    if request.param == "sqlite":
+        yield ""
+        return
+    server: PgServer = request.getfixturevalue("pg_server")
+    with fresh_database(server) as url:
+        yield url
+
+
+def now_ts() -> int:
+    return int(dt.datetime.now(dt.UTC).timestamp())
+
+
+@pytest.fixture
+async def deployment(tmp_path: Path, database_url: str) -> AsyncIterator[Deployment]:
+    data_dir = tmp_path / "server"
+    data_dir.mkdir(mode=0o700)
+    org = Org()
+    # Intake keys valid around now, so the server's own clock finds them current.
+    start = now_ts() - 3600
+    config = replace(
+        ServerConfig(data_dir=data_dir),
+        database_url=database_url,
+        org_fingerprint=org.admin_set.fingerprint(),
+        pow_base_difficulty=1,
+        pow_memlimit_kib=1024,
+        mailbox_daily_quota=5,
+        max_contact_bytes=3 * 1_048_603,
+    ).validate()
+    keys = create_keys(config.keys_dir)
+    org.receipt = keys.receipt
+    await asyncio.to_thread(migrate.upgrade, config.url)
+    store = Store(make_engine(config.url))
+    directory = org.directory(1, handlers=tuple(org.handler(h, p, start=start) for h, p in _ROSTER))
+    signed, head = org.publication(directory, MerkleLog())
+    published = await publish(
+        store, signed, head, org_fingerprint=config.org_fingerprint, receipt_key=keys.receipt.verify_key
+    )
+    app = create_app(config, store=store)
+    runner = web.AppRunner(app, access_log=None)
+    await runner.setup()
+    site = web.TCPSite(runner, "127.0.0.1", 0)
+    await site.start()
+    host, port = runner.addresses[0][:2]
+    try:
+        yield Deployment(org, config, keys, store, f"http://{host}:{port}", published, app)
+    finally:
+        await runner.cleanup()
+        await store.close()
+
+
+_ROSTER = (("alice", ("general",)), ("bob", ("general", "science")), ("carol", ("general",)))

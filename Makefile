@@ -5,7 +5,7 @@ VENV := .venv
 BIN := $(VENV)/bin
 STAMP := $(VENV)/.installed
 
-.PHONY: setup test lint typecheck unit bench vectors clean
+.PHONY: system-deps setup test lint typecheck unit bench vectors clean
 
 $(BIN)/python:
 	$(PY) -m venv $(VENV)
@@ -18,7 +18,10 @@ $(STAMP): pyproject.toml | $(BIN)/python
 		> $(VENV)/install.log 2>&1 || { cat $(VENV)/install.log; exit 1; }
 	touch $(STAMP)
 
-setup: $(STAMP)
+system-deps:
+	@scripts/ensure-system-deps
+
+setup: system-deps $(STAMP)
 	@# New source files need a fresh link tree; this is quick once deps are there.
 	@$(BIN)/python -m pip install --quiet --no-deps --no-build-isolation -e . --config-settings editable_mode=strict \
 		> $(VENV)/relink.log 2>&1 || { cat $(VENV)/relink.log; exit 1; }

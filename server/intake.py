@@ -242,7 +242,7 @@ async def _choose_owner(session: AsyncSession, pool: str, candidates: Sequence[s
         .where(Contact.pool == pool, Contact.state == "complete", Contact.status.in_(OPEN_STATUSES))
         .group_by(Contact.owner)
     )
-    load: dict[str, int] = {owner: count for owner, count in rows.all()}
+    load: dict[str, int] = {row[0]: row[1] for row in rows.all()}
     fewest = min(load.get(c, 0) for c in candidates)
     return secrets.choice([c for c in candidates if load.get(c, 0) == fewest])
 

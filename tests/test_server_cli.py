@@ -1,0 +1,101 @@
+"""`safepassage server init / publish / run / migrate` as an operator runs them: real processes."""
+
+from __future__ import annotations
+
+import json
+import signal
+import socket
+import stat
+import subprocess
+import sys
+import time
+import urllib.request
+from pathlib import Path
+
+from safepassage.crypto.encoding import b64d, canonical_json
+from safepassage.crypto.keys import SigningKey, VerifyKey
+from safepassage.crypto.translog import MerkleLog
+
+from .deployment import now_ts
+from .helpers import Org
+
+EXE = str(Path(sys.executable).with_name("safepassage"))
+
+
+def run(*args: str) -> subprocess.CompletedProcess[str]:
+    return subprocess.run([EXE, *args], capture_output=True, text=True, timeout=120, check=False)
+
+
+def _free_port() -> int:
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        port: int = s.getsockname()[1]
+        return port
+
+
+def test_init_refuses_bad_input_and_leaves_nothing(tmp_path: Path) -> None:
+    data = tmp_path / "srv"
+    bad = run("server", "init", "--data", str(data), "--org", "12345")
+    assert bad.returncode == 2
+    assert bad.stderr.startswith("error: ")
+    assert not data.exists()
+    assert list(tmp_path.iterdir()) == []
+    (tmp_path / "busy").mkdir()
+    (tmp_path / "busy" / "x").write_text("x")
+    busy = run("server", "init", "--data", str(tmp_path / "busy"), "--org", Org().admin_set.fingerprint())
+    assert busy.returncode == 2
+    assert "not empty" in busy.stderr
+
+
+def test_init_publish_run_and_serve(tmp_path: Path) -> None:
+    org = Org()
+    data = tmp_path / "srv"
+    init = run("server", "init", "--data", str(data), "--org", org.admin_set.fingerprint())
+    assert init.returncode == 0, init.stderr
+    assert stat.S_IMODE(data.stat().st_mode) == 0o700
+    for key_file in (data / "keys").iterdir():
+        assert stat.S_IMODE(key_file.stat().st_mode) == 0o600
+    receipt_b64 = next(line.split()[-1] for line in init.stdout.splitlines() if "receipt key:" in line)
+    receipt_key = VerifyKey(b64d(receipt_b64))
+    assert receipt_key.fingerprint() in init.stdout
+
+    # The admins build and sign directory version 1 naming this server's receipt key.
+    org.receipt = SigningKey.from_seed_bytes((data / "keys" / "receipt.key").read_bytes())
+    start = now_ts() - 60
+    directory = org.directory(1, handlers=tuple(org.handler(h, ("general",), start=start) for h in org.handler_ids))
+    signed, head = org.publication(directory, MerkleLog())
+    (tmp_path / "dir.json").write_bytes(signed.to_bytes())
+    (tmp_path / "head.json").write_bytes(canonical_json(head.to_json()))
+    published = run("server", "publish", "--data", str(data), str(tmp_path / "dir.json"), str(tmp_path / "head.json"))
+    assert published.returncode == 0, published.stderr
+    replayed = run("server", "publish", "--data", str(data), str(tmp_path / "dir.json"), str(tmp_path / "head.json"))
+    assert replayed.returncode == 2
+    assert replayed.stderr.startswith("error: The server refused to publish")
+
+    assert run("server", "migrate", "--data", str(data)).returncode == 0
+
+    port = _free_port()
+    proc = subprocess.Popen(
+        [EXE, "server", "run", "--data", str(data), "--port", str(port)],
+        stdout=subprocess.PIPE,
+        stderr=subprocess.PIPE,
+        text=True,
+    )
+    try:
+        body = None
+        deadline = time.monotonic() + 30
+        while body is None and time.monotonic() < deadline:
+            try:
+                with urllib.request.urlopen(f"http://127.0.0.1:{port}/api/v1/directory", timeout=5) as r:
+                    body = json.loads(r.read())
+            except OSError:
+                time.sleep(0.2)
+        assert body is not None, "server did not answer"
+        assert body["directory"]["directory"]["version"] == 1
+    finally:
+        proc.send_signal(signal.SIGINT)
+        _, err = proc.communicate(timeout=30)
+    # No access log: no request line, no client address, in what the server printed.
+    assert "GET /api/v1/directory" not in err
+    assert "127.0.0.1:" not in err.replace(f"http://127.0.0.1:{port}", "")
+    assert proc.returncode == 0, err

@@ -40,6 +40,8 @@ test: lint typecheck unit
 
 bench: setup
 	$(BIN)/python -m bench.envelope
+	$(BIN)/python -m bench.intake --store sqlite
+	$(BIN)/python -m bench.intake --store postgresql
 
 vectors: setup
 	$(BIN)/python -m tests.vectors.generate

@@ -9,6 +9,7 @@ acknowledged one is on disk before its receipt is signed.
 
 from __future__ import annotations
 
+import asyncio
 import datetime as dt
 import hashlib
 import json
@@ -163,16 +164,22 @@ def _pow(request: web.Request, app: Intake, now: int) -> W.CheckedChallenge:
     return checked
 
 
-async def _verify_pow_unspent(session: AsyncSession, checked: W.CheckedChallenge, counter_header: str) -> W.VerifiedPow:
-    # A spent nonce is refused before the Argon2id evaluation, so replaying one
-    # valid solution costs the server a lookup, not a hash.
-    if await session.get(SpentChallenge, checked.challenge.nonce) is not None:
-        raise ApiError(409, "pow_reused", "This proof of work was already used; get a new challenge.")
+async def _verify_pow(checked: W.CheckedChallenge, counter_header: str) -> W.VerifiedPow:
+    # The Argon2id evaluation runs in a worker thread (libsodium releases the
+    # GIL) and outside any transaction, so it neither blocks the event loop nor
+    # holds SQLite's write lock. Whether the nonce was already spent is settled
+    # inside the request's transaction (:func:`_spend`).
     counter = int(counter_header.rpartition(".")[2])
     try:
-        return W.verify_work(checked, counter)
+        return await asyncio.to_thread(W.verify_work, checked, counter)
     except (PowRejected, MalformedInput) as exc:
         raise from_crypto(exc, 403, "pow_invalid") from None
+
+
+async def _spend(session: AsyncSession, verified: W.VerifiedPow) -> None:
+    if await session.get(SpentChallenge, verified.nonce) is not None:
+        raise ApiError(409, "pow_reused", "This proof of work was already used; get a new challenge.")
+    session.add(SpentChallenge(nonce=verified.nonce, expires=verified.expires))
 
 
 def _receipt_json(receipt: Receipt) -> dict[str, str]:
@@ -345,8 +352,9 @@ async def submit_contact(request: web.Request) -> web.Response:
     contact_id = _new_id()
     token = secrets.token_urlsafe(32) if attachments else None
     envelope_hash = hashlib.sha256(data).digest()
+    verified = await _verify_pow(checked, request.headers[POW_HEADER])
     async with app.store.write() as session:
-        verified = await _verify_pow_unspent(session, checked, request.headers[POW_HEADER])
+        await _spend(session, verified)
         mailbox = await session.get(Mailbox, mailbox_id)
         if mailbox is None:
             session.add(Mailbox(id=mailbox_id, public_key=mailbox_key.public_bytes_raw(), created_day=today))
@@ -371,7 +379,6 @@ async def submit_contact(request: web.Request) -> web.Response:
                 upload_expires=_round_up_hour(now + 3600 * cfg.upload_window_hours) if token else None,
             )
         )
-        session.add(SpentChallenge(nonce=verified.nonce, expires=verified.expires))
         await _flush_or_conflict(session)
     stored = _Stored(contact_id, envelope_hash, today)
     if token is not None:
@@ -567,8 +574,9 @@ async def post_follow_up(request: web.Request) -> web.Response:
     )
     message_id = _new_id()
     envelope_hash = hashlib.sha256(data).digest()
+    verified = await _verify_pow(checked, request.headers[POW_HEADER])
     async with app.store.write() as session:
-        verified = await _verify_pow_unspent(session, checked, request.headers[POW_HEADER])
+        await _spend(session, verified)
         await _check_quota(session, app, mailbox_id, today)
         seq = await session.scalar(
             select(func.coalesce(func.max(Message.seq), 0)).where(Message.mailbox_id == mailbox_id)
@@ -586,7 +594,6 @@ async def post_follow_up(request: web.Request) -> web.Response:
                 seq=(seq or 0) + 1,
             )
         )
-        session.add(SpentChallenge(nonce=verified.nonce, expires=verified.expires))
         await _flush_or_conflict(session)
     receipt = _sign_receipt(app, _Stored(message_id, envelope_hash, today))
     return web.json_response({"message": message_id, "receipt": receipt}, status=201)

@@ -18,6 +18,7 @@ from safepassage.crypto.directory import SignedDirectory, verify_genesis
 from safepassage.crypto.errors import SafePassageError
 from safepassage.server.cli import server
 
+from .contact_cli import contact
 from .render import describe_directory
 
 
@@ -52,6 +53,7 @@ def directory_show(path: Path, org_fingerprint: str) -> None:
 
 
 cli.add_command(server)
+cli.add_command(contact)
 
 
 def main(argv: list[str] | None = None) -> int:

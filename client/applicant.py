@@ -49,6 +49,7 @@ from safepassage.crypto.receipt import Receipt
 from .errors import AttachmentChanged, AttachmentError, MessageTooLong, ProtocolViolation, UsageError
 from .intake_api import IntakeClient, PowChallenge, UploadToken
 from .trust import TrustedDirectory
+from .wire import MailboxMessage
 
 MAX_NAME_CHARS: Final = 255
 _CONTACT_ID = re.compile(r"[A-Za-z0-9_-]{8,64}")
@@ -329,6 +330,10 @@ async def _upload(
     progress.upload_done()
 
 
+#: At most this many pages of replies are fetched in one check.
+MAX_MAILBOX_PAGES: Final = 50
+
+
 async def check_mailbox(client: IntakeClient, directory: TrustedDirectory, codename: Codename) -> list[Reply]:
     """Prove ownership of the mailbox, fetch its sealed replies and open each one.
 
@@ -339,9 +344,18 @@ async def check_mailbox(client: IntakeClient, directory: TrustedDirectory, coden
     """
     del directory  # see the docstring: nothing to check against yet
     keys = await _derive(codename)
-    nonce = await client.mailbox_challenge(keys.mailbox_id)
-    signature = sign_mailbox_auth(keys.mailbox_key, nonce.nonce)
-    messages = await client.mailbox_fetch(keys.mailbox_id, nonce.nonce, signature)
+    messages: list[MailboxMessage] = []
+    # The server answers a page at a time; each page needs a fresh nonce
+    # (nonces are single-use). Stop at an empty page, or one that does not
+    # move forward (a server must not keep us looping).
+    for _ in range(MAX_MAILBOX_PAGES):
+        nonce = await client.mailbox_challenge(keys.mailbox_id)
+        signature = sign_mailbox_auth(keys.mailbox_key, nonce.nonce)
+        after = messages[-1].seq if messages else 0
+        page = await client.mailbox_fetch(keys.mailbox_id, nonce.nonce, signature, after=after)
+        if not page or any(m.seq <= after for m in page):
+            break
+        messages.extend(page)
     replies = []
     for m in messages:
         envelope_hash = hashlib.sha256(m.envelope).digest()

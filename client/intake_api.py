@@ -363,10 +363,14 @@ class IntakeClient:
         )
         return mailbox_nonce_answer(obj)
 
-    async def mailbox_fetch(self, mailbox_id: KeyId, nonce: bytes, signature: bytes) -> tuple[MailboxMessage, ...]:
+    async def mailbox_fetch(
+        self, mailbox_id: KeyId, nonce: bytes, signature: bytes, *, after: int = 0
+    ) -> tuple[MailboxMessage, ...]:
+        """One page of replies with ``seq`` greater than ``after``, oldest first."""
         if len(nonce) != MAILBOX_NONCE_LEN or len(signature) != SIGNATURE_LEN:
             raise UsageError("mailbox nonce or signature has the wrong length")
-        body = json.dumps({"nonce": b64e(nonce), "signature": b64e(signature)}, separators=(",", ":")).encode()
+        request = {"nonce": b64e(nonce), "signature": b64e(signature), "after": after}
+        body = json.dumps(request, separators=(",", ":")).encode()
         obj = await self._call(
             "POST",
             self._url("mailboxes", mailbox_id.hex(), "fetch"),

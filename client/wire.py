@@ -109,6 +109,7 @@ class MailboxMessage:
     message_id: str
     contact_id: str
     day: str
+    seq: int
     envelope: bytes
 
     def __repr__(self) -> str:
@@ -330,12 +331,13 @@ def mailbox_messages_answer(obj: JsonObject, max_envelope_text: int) -> tuple[Ma
     out = []
     for item in _list(obj, "messages"):
         message = _obj(item, "message")
-        _members(message, "message", ("id", "contact", "day", "envelope"))
+        _members(message, "message", ("id", "contact", "day", "seq", "envelope"))
         out.append(
             MailboxMessage(
                 message_id=_str(message, "id", ID),
                 contact_id=_str(message, "contact", ID),
                 day=_str(message, "day", _DAY),
+                seq=_int(message, "seq"),
                 envelope=_b64(message, "envelope", max_len=max_envelope_text),
             )
         )

@@ -510,8 +510,11 @@ async def mailbox_fetch(request: web.Request) -> web.Response:
     app = intake_of(request)
     mailbox_id = _mailbox_id(request)
     body = await _read_json(request, 1024)
+    after = body.pop("after", 0)
     if set(body) != {"nonce", "signature"} or not all(isinstance(v, str) for v in body.values()):
-        raise bad_request('The body must be {"nonce": ..., "signature": ...}.')
+        raise bad_request('The body must be {"nonce": ..., "signature": ..., "after": n}.')
+    if isinstance(after, bool) or not isinstance(after, int) or not 0 <= after <= 2**53 - 1:
+        raise bad_request("'after' must be a non-negative integer.")
     try:
         nonce = b64d(str(body["nonce"]), length=MAILBOX_NONCE_LEN)
         signature = b64d(str(body["signature"]), length=64)
@@ -536,13 +539,14 @@ async def mailbox_fetch(request: web.Request) -> web.Response:
         rows = (
             await session.scalars(
                 select(Message)
-                .where(Message.mailbox_id == mailbox_id, Message.kind == "reply")
+                .where(Message.mailbox_id == mailbox_id, Message.kind == "reply", Message.seq > after)
                 .order_by(Message.seq)
                 .limit(app.config.mailbox_fetch_limit)
             )
         ).all()
         messages = [
-            {"id": m.id, "contact": m.contact_id, "day": m.day.isoformat(), "envelope": b64e(m.envelope)} for m in rows
+            {"id": m.id, "contact": m.contact_id, "day": m.day.isoformat(), "seq": m.seq, "envelope": b64e(m.envelope)}
+            for m in rows
         ]
     return web.json_response({"messages": messages})
 

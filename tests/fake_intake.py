@@ -124,6 +124,8 @@ class FakeIntake:
         self.contacts: dict[str, StoredContact] = {}
         self.messages: dict[str, list[StoredMessage]] = {}  # by mailbox id
         self.nonces: dict[bytes, str] = {}
+        #: Replies per mailbox page, small enough that tests can make a mailbox span several pages.
+        self.fetch_page = 200
         self.spent: set[bytes] = set()
         #: A test may replace any route's answer: path suffix -> handler.
         self.override: dict[str, Callable[[web.Request], web.StreamResponse | Awaitable[web.StreamResponse]]] = {}
@@ -351,12 +353,14 @@ class FakeIntake:
             verify_mailbox_auth(key, nonce, sig)
         except SafePassageError:
             return _error(403, "mailbox_auth_failed", "Mailbox authentication failed.")
+        after = body.get("after", 0)
+        replies = [m for m in self.messages.get(mid, []) if m.kind == "reply"]
         out = [
-            {"id": m.message_id, "contact": m.contact_id, "day": _today(), "envelope": b64e(m.envelope)}
-            for m in self.messages.get(mid, [])
-            if m.kind == "reply"
+            {"id": m.message_id, "contact": m.contact_id, "day": _today(), "seq": seq, "envelope": b64e(m.envelope)}
+            for seq, m in enumerate(replies, start=1)
+            if seq > after
         ]
-        return web.json_response({"messages": out})
+        return web.json_response({"messages": out[: self.fetch_page]})
 
     async def follow_up(self, request: web.Request) -> web.Response:
         mid, cid = request.match_info["mid"], request.query["contact"]

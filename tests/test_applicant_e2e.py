@@ -162,3 +162,36 @@ async def test_contact_command_sends_and_checks_without_writing_to_disk(deployme
         assert code == 0, err
     assert HeadState.load(state) is not None
     assert oct(state.stat().st_mode & 0o777) == "0o600"
+
+
+async def test_long_mailbox_is_read_page_by_page(deployment: Deployment) -> None:
+    from dataclasses import replace
+
+    from safepassage.server.context import INTAKE
+
+    state = deployment.app[INTAKE]
+    state.config = replace(state.config, mailbox_fetch_limit=2)
+    async with IntakeClient(deployment.base_url) as client:
+        trusted = await fetch_trusted_directory(client, deployment.org.admin_set.fingerprint(), None, now_ts())
+        sent = await send_contact(
+            client, trusted, pool="general", language="en", message="hello", fields={}, attachments=[]
+        )
+        keys = derive_applicant_keys(sent.codename)
+        async with deployment.store.write() as session:
+            for seq in range(1, 6):
+                reply = E.seal(f"reply {seq}".encode(), [keys.reply_key.public_key], E.Purpose.REPLY)
+                session.add(
+                    Message(
+                        id=f"r_page{seq:08d}",
+                        mailbox_id=sent.mailbox_id.hex(),
+                        contact_id=sent.contact_id,
+                        kind="reply",
+                        day=dt.datetime.now(dt.UTC).date(),
+                        bucket=0,
+                        envelope=reply.data,
+                        envelope_hash=reply.envelope_hash,
+                        seq=seq,
+                    )
+                )
+        replies = await check_mailbox(client, trusted, sent.codename)
+    assert [r.plaintext for r in replies] == [f"reply {i}".encode() for i in range(1, 6)]

@@ -27,7 +27,7 @@ _FINGERPRINT = re.compile(r"(\d{5} ){9}\d{5}")
 class ConfigError(SafePassageError):
     """The server configuration is invalid."""
 
-    hint = "Check DATA/config.toml and SAFEPASSAGE_* environment variables against docs/operating.md."
+    hint = "Check DATA/config.toml and SAFEPASSAGE_* environment variables against docs/server.md."
     exit_code = 2
 
 

@@ -547,3 +547,31 @@ async def test_canary_never_reaches_storage_or_logs(
     flat = repr(snapshot).encode()
     assert not any(n in flat for n in needles)
     assert not any(n.decode() in caplog.text for n in needles)
+
+
+async def test_no_directory_yet_is_503(tmp_path: Path) -> None:
+    from dataclasses import replace
+
+    from aiohttp import web
+
+    from safepassage.server.app import create_app
+    from safepassage.server.config import ServerConfig
+    from safepassage.server.db import migrate
+    from safepassage.server.keys import create_keys
+
+    config = replace(ServerConfig(data_dir=tmp_path), org_fingerprint="12345 " * 9 + "12345").validate()
+    create_keys(config.keys_dir)
+    await asyncio.to_thread(migrate.upgrade, config.url)
+    runner = web.AppRunner(create_app(config), access_log=None)
+    await runner.setup()
+    site = web.TCPSite(runner, "127.0.0.1", 0)
+    await site.start()
+    host, port = runner.addresses[0][:2]
+    try:
+        async with aiohttp.ClientSession() as session:
+            c = Calls(f"http://{host}:{port}", session)
+            answer = await c.call("GET", "/api/v1/directory")
+            assert answer.status == 503
+            assert answer.body["error"]["code"] == "no_directory"
+    finally:
+        await runner.cleanup()

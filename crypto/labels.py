@@ -61,3 +61,9 @@ MERKLE_NODE_PREFIX: Final = b"\x01"
 # --- intake API (section 15) -----------------------------------------------------------------
 SIG_SUBMISSION: Final = b"submission"
 SIG_FOLLOW_UP: Final = b"follow-up"
+
+# --- handlers and the integration service (sections 16 and 17) -------------------------------
+SIG_REPLY: Final = b"reply"
+SIG_ESCALATION: Final = b"escalation"
+SIG_DELIVERY: Final = b"package-delivery"
+SIG_INTEGRATION_RECEIPT: Final = b"integration-receipt"

@@ -45,8 +45,18 @@ from safepassage.crypto.intake import (
 from safepassage.crypto.keys import KeyId
 from safepassage.crypto.pow import solve
 from safepassage.crypto.receipt import Receipt
+from safepassage.crypto.staffmsg import Reply as HandlerReply
 
-from .errors import AttachmentChanged, AttachmentError, MessageTooLong, ProtocolViolation, UsageError
+from .errors import (
+    AttachmentChanged,
+    AttachmentError,
+    DeliveryUncertain,
+    MessageTooLong,
+    ProtocolViolation,
+    ServerRefused,
+    ServerUnreachable,
+    UsageError,
+)
 from .intake_api import IntakeClient, PowChallenge, UploadToken
 from .trust import TrustedDirectory
 from .wire import MailboxMessage
@@ -102,12 +112,16 @@ class SentFollowUp:
 
 @dataclass(frozen=True, slots=True, repr=False)
 class Reply:
-    """One message from the mailbox, opened with the reply key, or the reason it could not be.
+    """One message from the mailbox: a verified handler reply, an unverified one, or an unreadable one.
 
-    The payload format of replies belongs to the handler client; until it is
-    fixed this is the decrypted plaintext as bytes. It is **not** yet
-    authenticated as coming from a handler: anyone holding the applicant's
-    public reply key (the server stores it) can seal a reply.
+    ``handler_id`` is set only when the payload is a reply (protocol 16.1)
+    signed by that handler's identity key as listed in the verified
+    directory, for this very contact: then ``text`` is what the handler
+    wrote. Anyone holding the applicant's public reply key (the server stores
+    it) can seal a message to it, so a reply that opens but fails that check
+    keeps ``handler_id=None``, its raw ``plaintext`` and the reason in
+    ``problem``: it must be shown as unverified, never as from the
+    organisation. An envelope that cannot be opened has neither.
     """
 
     message_id: str
@@ -116,14 +130,40 @@ class Reply:
     envelope_hash: bytes
     plaintext: bytes | None
     problem: str | None = None
+    handler_id: str | None = None
+    text: str | None = None
 
     @property
     def readable(self) -> bool:
         return self.plaintext is not None
 
+    @property
+    def verified(self) -> bool:
+        return self.handler_id is not None
+
     def __repr__(self) -> str:
-        state = f"{len(self.plaintext)} bytes" if self.plaintext is not None else "unreadable"
+        if self.verified:
+            state = f"verified, handler={self.handler_id}"
+        else:
+            state = "unverified" if self.plaintext is not None else "unreadable"
         return f"Reply({self.message_id}, contact={self.contact_id}, day={self.day}, {state})"
+
+
+def _open_reply(message: MailboxMessage, keys: ApplicantKeys, directory: TrustedDirectory) -> Reply:
+    envelope_hash = hashlib.sha256(message.envelope).digest()
+    base = (message.message_id, message.contact_id, message.day, envelope_hash)
+    try:
+        opened = open_envelope(message.envelope, [keys.reply_key], expected_purpose=Purpose.REPLY)
+    except SafePassageError as exc:
+        return Reply(*base, None, exc.message)
+    try:
+        signed = HandlerReply.open_payload(opened.plaintext, directory.directory)
+    except SafePassageError as exc:
+        return Reply(*base, opened.plaintext, f"not signed by a handler of the organisation ({exc.message})")
+    if signed.contact_id != message.contact_id:
+        # A genuine reply to another contact, replayed here by the server.
+        return Reply(*base, opened.plaintext, "signed by a handler, but for another contact")
+    return Reply(*base, opened.plaintext, None, signed.handler_id, signed.message)
 
 
 # --- local checks --------------------------------------------------------------------------------
@@ -292,17 +332,35 @@ async def send_contact(
             keys.mailbox_key, kind="contact", pool=pool, attachments=len(files), envelope=sealed.data
         )
         pow_header = await _proof_of_work(client, progress)
-        answer = await client.submit_contact(
-            sealed.data, pool, len(files), pow_header, keys.mailbox_key.verify_key, signature
-        )
+        try:
+            answer = await client.submit_contact(
+                sealed.data, pool, len(files), pow_header, keys.mailbox_key.verify_key, signature
+            )
+        except (ServerUnreachable, ServerRefused) as exc:
+            # A 5xx or a dropped connection after the request went out: the
+            # server may have stored the contact. The codename must not be lost.
+            if isinstance(exc, ServerRefused) and exc.status < 500:
+                raise
+            raise DeliveryUncertain(codename) from exc
         if files:
             if answer.status != "pending" or answer.upload_token is None:
                 raise ProtocolViolation("a contact with attachments must stay pending until finalised")
+            # Until finalised, a pending contact is invisible and is deleted
+            # when its upload window closes: a failed upload loses nothing.
             await _upload(client, answer.contact_id, answer.upload_token, sealed, files, progress)
-            answer = await client.finalise(answer.contact_id, answer.upload_token)
-        if answer.status != "complete" or answer.receipt is None:
-            raise ProtocolViolation("the server did not confirm the contact with a receipt")
-        _check_receipt(directory, answer.receipt, sealed, answer.contact_id)
+            try:
+                answer = await client.finalise(answer.contact_id, answer.upload_token)
+            except (ServerUnreachable, ServerRefused) as exc:
+                if isinstance(exc, ServerRefused) and exc.status < 500:
+                    raise
+                raise DeliveryUncertain(codename) from exc
+        try:
+            if answer.status != "complete" or answer.receipt is None:
+                raise ProtocolViolation("the server did not confirm the contact with a receipt")
+            _check_receipt(directory, answer.receipt, sealed, answer.contact_id)
+        except SafePassageError as exc:
+            # The server said it stored the contact but its receipt is wrong.
+            raise DeliveryUncertain(codename) from exc
     return SentContact(codename, answer.contact_id, answer.receipt, keys.mailbox_id, pool)
 
 
@@ -335,14 +393,12 @@ MAX_MAILBOX_PAGES: Final = 50
 
 
 async def check_mailbox(client: IntakeClient, directory: TrustedDirectory, codename: Codename) -> list[Reply]:
-    """Prove ownership of the mailbox, fetch its sealed replies and open each one.
+    """Prove ownership of the mailbox, fetch its sealed replies, open and verify each one.
 
-    A reply that cannot be opened is returned with ``plaintext=None`` and the
-    reason, so one damaged or foreign message never hides the others.
-    ``directory`` is where handler signatures on replies will be checked once
-    the reply payload is specified.
+    Each reply's handler signature is checked against ``directory`` (protocol
+    16.1). A reply that cannot be opened or verified is returned as such (see
+    :class:`Reply`), so one damaged or forged message never hides the others.
     """
-    del directory  # see the docstring: nothing to check against yet
     keys = await _derive(codename)
     messages: list[MailboxMessage] = []
     # The server answers a page at a time; each page needs a fresh nonce
@@ -356,16 +412,7 @@ async def check_mailbox(client: IntakeClient, directory: TrustedDirectory, coden
         if not page or any(m.seq <= after for m in page):
             break
         messages.extend(page)
-    replies = []
-    for m in messages:
-        envelope_hash = hashlib.sha256(m.envelope).digest()
-        try:
-            opened = open_envelope(m.envelope, [keys.reply_key], expected_purpose=Purpose.REPLY)
-        except SafePassageError as exc:
-            replies.append(Reply(m.message_id, m.contact_id, m.day, envelope_hash, None, exc.message))
-            continue
-        replies.append(Reply(m.message_id, m.contact_id, m.day, envelope_hash, opened.plaintext))
-    return replies
+    return [_open_reply(m, keys, directory) for m in messages]
 
 
 async def send_follow_up(

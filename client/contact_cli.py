@@ -33,7 +33,7 @@ from safepassage.crypto.intake import FIELD_NAMES, MAX_MESSAGE_CHARS
 from safepassage.crypto.receipt import Receipt
 
 from .applicant import Progress, Reply, SentContact, check_mailbox, send_contact, send_follow_up
-from .errors import UsageError
+from .errors import DeliveryUncertain, UsageError
 from .intake_api import IntakeClient
 from .trust import HeadState, TrustedDirectory, fetch_trusted_directory
 
@@ -314,26 +314,37 @@ def _echo_codename(codename: Codename) -> None:
     click.echo(CODENAME_ADVICE)
 
 
-UNVERIFIED_REPLIES: Final = (
-    "Caution: this version cannot yet check that a reply was written by a handler of the organisation; "
-    "whoever runs the server could have written it. Confirm any instruction through another channel you "
-    "trust before acting on it."
+UNVERIFIED_REPLY: Final = (
+    "NOT VERIFIED: this message is not signed by a handler of the organisation. Whoever runs the server, "
+    "or anyone else, could have written it. Do not act on it; confirm through another channel you trust."
 )
+
+
+def _quoted(text: str) -> str:
+    """Body text under a margin, so no line of it can pass for a line of ours (a header, a verdict)."""
+    return "\n".join(f"  | {line}" for line in _printable(text).split("\n"))
 
 
 def _echo_replies(replies: list[Reply]) -> None:
     if not replies:
         click.echo("No replies yet.")
         return
-    if any(r.readable for r in replies):
-        click.echo(UNVERIFIED_REPLIES, err=True)
+    if any(r.readable and not r.verified for r in replies):
+        click.echo(f"warning: {UNVERIFIED_REPLY}", err=True)
     for reply in replies:
         click.echo("")
         click.echo(f"--- Reply {reply.message_id} to contact {reply.contact_id}, {reply.day}")
-        if reply.plaintext is None:
+        if reply.verified and reply.text is not None:
+            verdict = f"verified: signed by handler {reply.handler_id} of the organisation"
+            click.echo(f"({verdict})")
+            click.echo(_quoted(reply.text))
+            click.echo(f"(end of the reply; {verdict})")
+        elif reply.plaintext is not None:
+            click.echo(f"({UNVERIFIED_REPLY} Reason: {reply.problem})")
+            click.echo(_quoted(reply.plaintext.decode("utf-8", errors="replace")))
+            click.echo("(end of the message; NOT VERIFIED: do not act on it)")
+        else:
             click.echo(f"(could not be read: {reply.problem})")
-            continue
-        click.echo(_printable(reply.plaintext.decode("utf-8", errors="replace")))
 
 
 # --- commands --------------------------------------------------------------------------------------
@@ -411,6 +422,11 @@ def send_command(
 
     try:
         sent = _run(go())
+    except DeliveryUncertain as exc:
+        progress.close()
+        click.echo("The server may have stored your contact but did not confirm it.", err=True)
+        _echo_codename(exc.codename)
+        raise
     finally:
         progress.close()
     _echo_receipt(sent.receipt, "Contact")

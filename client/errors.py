@@ -17,6 +17,7 @@ import re
 import unicodedata
 from typing import Final
 
+from safepassage.crypto.codename import Codename
 from safepassage.crypto.errors import CryptoError, SafePassageError
 
 #: How much of a server's error message is shown; enough for a sentence.
@@ -178,3 +179,21 @@ __all__ = [
     "UsageError",
     "untrusted_text",
 ]
+
+
+class DeliveryUncertain(ClientError):
+    """The server may have stored your contact, but did not confirm it properly."""
+
+    hint = (
+        "Keep the codename shown above: if the contact arrived, replies will come to it. "
+        "Run 'contact check' later with it before sending again."
+    )
+    exit_code = 9
+
+    def __init__(self, codename: Codename) -> None:
+        # Carried for the CLI to show once; never part of the message or repr.
+        self.codename = codename
+        super().__init__()
+
+    def __repr__(self) -> str:
+        return "DeliveryUncertain(<codename>)"

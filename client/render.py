@@ -2,9 +2,15 @@
 
 from __future__ import annotations
 
+import unicodedata
 from datetime import UTC, datetime
 
 from safepassage.crypto.directory import Directory
+
+
+def printable(text: str) -> str:
+    """Text made safe for a terminal or a text file: no escape sequences or direction overrides; lines kept."""
+    return "".join(ch for ch in text if ch in "\n\t" or unicodedata.category(ch)[0] != "C")
 
 
 def _when(ts: int) -> str:

@@ -73,7 +73,16 @@ async def _housekeeping_loop(app: Intake) -> None:
             log.error("housekeeping failed: %s", type(exc).__name__)
 
 
+def quiet_aiohttp_logs() -> None:
+    """aiohttp logs a malformed request with a traceback that quotes the raw
+    request line and headers (upload tokens included), and its access log
+    would record every request: neither may reach our logs."""
+    logging.getLogger("aiohttp.server").setLevel(logging.CRITICAL)
+    logging.getLogger("aiohttp.access").setLevel(logging.CRITICAL)
+
+
 def create_app(config: ServerConfig, *, store: Store | None = None) -> web.Application:
+    quiet_aiohttp_logs()
     app = web.Application(middlewares=[error_middleware], client_max_size=CLIENT_MAX_SIZE)
     app.on_response_prepare.append(add_security_headers)
     app.add_routes(intake.routes)

@@ -124,9 +124,5 @@ def run(data_dir: Path, host: str | None, port: int | None) -> None:
     config = replace(config, host=host or config.host, port=port or config.port).validate()
     load_keys(config.keys_dir)  # fail now, with a clear error, rather than on first request
     logging.basicConfig(level=logging.INFO, stream=sys.stderr, format="%(levelname)s %(name)s: %(message)s")
-    # aiohttp logs malformed requests with a traceback that quotes the raw
-    # request line and headers (tokens included): never let that through.
-    logging.getLogger("aiohttp.server").setLevel(logging.CRITICAL)
-    logging.getLogger("aiohttp.access").setLevel(logging.CRITICAL)
     click.echo(f"Serving on http://{config.host}:{config.port}", err=True)
     web.run_app(create_app(config), host=config.host, port=config.port, access_log=None, print=None)

@@ -10,9 +10,10 @@ from __future__ import annotations
 import os
 import re
 import tomllib
-from dataclasses import dataclass, fields, replace
+from collections.abc import Callable
+from dataclasses import dataclass, field, fields, replace
 from pathlib import Path
-from typing import Any, Final
+from typing import Any, ClassVar, Final, Protocol, Self, TypeVar
 
 from safepassage.crypto import pow as W
 from safepassage.crypto.errors import SafePassageError
@@ -36,7 +37,7 @@ class ServerConfig:
     data_dir: Path
     #: The organisation fingerprint (ten groups of five digits) the first directory must match.
     org_fingerprint: str = ""
-    database_url: str = ""
+    database_url: str = field(default="", repr=False)  # may carry a password
     host: str = "127.0.0.1"
     port: int = 8080
     #: Total size of a contact's attachments (chunks on the wire), default 500 MB.
@@ -58,6 +59,13 @@ class ServerConfig:
     mailbox_daily_quota: int = 20
     #: Replies a mailbox fetch returns at most.
     mailbox_fetch_limit: int = 200
+    #: Where the staff API listens (its own onion service forwards to it).
+    staff_host: str = "127.0.0.1"
+    staff_port: int = 8081
+    #: A staff session ends after this many minutes without a request ...
+    staff_idle_minutes: int = 30
+    #: ... and at the latest this many hours after login.
+    staff_session_hours: int = 12
 
     @property
     def db_path(self) -> Path:
@@ -76,8 +84,10 @@ class ServerConfig:
             raise ConfigError("org_fingerprint must be ten groups of five digits")
         if not self.url.startswith(("sqlite+aiosqlite:///", "postgresql+asyncpg://")):
             raise ConfigError("database_url must be sqlite+aiosqlite:/// or postgresql+asyncpg://")
-        if not 1 <= self.port <= 65535:
+        if not 1 <= self.port <= 65535 or not 1 <= self.staff_port <= 65535:
             raise ConfigError("port out of range")
+        if not 1 <= self.staff_idle_minutes <= 24 * 60 or not 1 <= self.staff_session_hours <= 7 * 24:
+            raise ConfigError("staff session lifetimes out of range (1 minute to 1 day idle, 1 hour to 7 days)")
         if not 0 <= self.max_attachments <= 64 or self.max_contact_bytes < 0:
             raise ConfigError("attachment limits out of range")
         if not W.MIN_DIFFICULTY <= self.pow_base_difficulty <= self.pow_max_difficulty <= W.MAX_DIFFICULTY:
@@ -112,10 +122,31 @@ def _coerce(name: str, raw: Any, kind: type) -> Any:
     return raw
 
 
-def load_config(data_dir: Path, *, env: dict[str, str] | None = None, **overrides: Any) -> ServerConfig:
-    """Read the configuration for ``data_dir`` (file, then environment, then ``overrides``)."""
+class _Settings(Protocol):
+    """A frozen settings dataclass with a data folder and a ``validate()`` that raises or returns it."""
+
+    __dataclass_fields__: ClassVar[dict[str, Any]]
+
+    @property
+    def data_dir(self) -> Path: ...
+
+    def validate(self) -> Self: ...
+
+
+S = TypeVar("S", bound=_Settings)
+
+
+def load_settings(
+    kind: Callable[..., S], data_dir: Path, *, env_prefix: str, env: dict[str, str] | None, overrides: dict[str, Any]
+) -> S:
+    """Read settings for ``data_dir``: ``config.toml``, then ``<env_prefix>NAME`` variables, then ``overrides``.
+
+    Every field but ``data_dir`` may be set; an unknown name or a value of the
+    wrong type is a :class:`ConfigError`, never a silent default.
+    """
     env = dict(os.environ) if env is None else env
-    types = {f.name: (int if f.type in ("int", int) else str) for f in fields(ServerConfig) if f.name != "data_dir"}
+    defaults = kind(data_dir=data_dir)
+    types = {f.name: (int if f.type in ("int", int) else str) for f in fields(defaults) if f.name != "data_dir"}
     values: dict[str, Any] = {}
     path = data_dir / CONFIG_FILE
     if path.exists():
@@ -127,15 +158,20 @@ def load_config(data_dir: Path, *, env: dict[str, str] | None = None, **override
             if key not in types:
                 raise ConfigError(f"unknown setting {key!r} in {CONFIG_FILE}")
             values[key] = _coerce(key, value, types[key])
-    for key, kind in types.items():
-        raw = env.get(_ENV_PREFIX + key.upper())
+    for key, kind_of in types.items():
+        raw = env.get(env_prefix + key.upper())
         if raw is not None:
-            values[key] = _coerce(key, raw, kind)
+            values[key] = _coerce(key, raw, kind_of)
     for key, value in overrides.items():
         if key not in types:
             raise ConfigError(f"unknown setting {key!r}")
         values[key] = value
-    return replace(ServerConfig(data_dir=data_dir), **values).validate()
+    return replace(defaults, **values).validate()
+
+
+def load_config(data_dir: Path, *, env: dict[str, str] | None = None, **overrides: Any) -> ServerConfig:
+    """Read the configuration for ``data_dir`` (file, then environment, then ``overrides``)."""
+    return load_settings(ServerConfig, data_dir, env_prefix=_ENV_PREFIX, env=env, overrides=overrides)
 
 
 def write_config(data_dir: Path, **values: str | int) -> None:

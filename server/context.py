@@ -23,6 +23,7 @@ class Intake:
     store: Store
     submission_limit: RateLimiter
     challenge_limit: RateLimiter
+    mailbox_challenge_limit: RateLimiter
     difficulty: PowDifficulty
     _published: Published | None = field(default=None, repr=False)
 
@@ -34,6 +35,9 @@ class Intake:
             store=store,
             submission_limit=RateLimiter(config.rate_limit_per_minute, "submissions"),
             challenge_limit=RateLimiter(config.challenge_limit_per_minute, "challenge requests"),
+            # Mailbox challenges are free to ask for: a flood of them must not
+            # use up the proof-of-work challenges new applicants need.
+            mailbox_challenge_limit=RateLimiter(config.challenge_limit_per_minute, "mailbox challenge requests"),
             difficulty=PowDifficulty(config.pow_base_difficulty, config.pow_max_difficulty, config.pow_load_threshold),
         )
 

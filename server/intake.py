@@ -10,13 +10,14 @@ acknowledged one is on disk before its receipt is signed.
 from __future__ import annotations
 
 import asyncio
+import contextlib
 import datetime as dt
 import hashlib
 import json
 import re
 import secrets
 import time
-from collections.abc import Sequence
+from collections.abc import AsyncIterator, Sequence
 from dataclasses import dataclass
 
 from aiohttp import web
@@ -26,7 +27,6 @@ from sqlalchemy.ext.asyncio import AsyncSession
 
 from safepassage.crypto import envelope as E
 from safepassage.crypto import pow as W
-from safepassage.crypto.directory import SignedDirectory
 from safepassage.crypto.encoding import b64d, b64e
 from safepassage.crypto.errors import BadSignature, MalformedInput, PowRejected, SafePassageError
 from safepassage.crypto.intake import (
@@ -42,6 +42,12 @@ from safepassage.crypto.translog import MAX_PROOF_LEN
 from .context import Intake, intake_of
 from .db.models import Chunk, Contact, Mailbox, MailboxNonce, Message, SpentChallenge
 from .errors import ApiError, bad_request, from_crypto
+from .inputs import header_bytes as _header_bytes
+from .inputs import path_int as _path_int
+from .inputs import query_int as _query_int
+from .inputs import read_binary as _read_binary
+from .inputs import round_up_hour as _round_up_hour
+from .inputs import token_hash as _token_hash
 
 routes = web.RouteTableDef()
 
@@ -49,8 +55,9 @@ POW_HEADER = "Safe-Passage-PoW"
 MAILBOX_KEY_HEADER = "Safe-Passage-Mailbox-Key"
 SIGNATURE_HEADER = "Safe-Passage-Signature"
 UPLOAD_HEADER = "Safe-Passage-Upload"
-OCTET = "application/octet-stream"
 MAILBOX_NONCE_LIFETIME = 300
+#: Sealed bytes per mailbox page (about 11 MiB of JSON once base64-encoded).
+MAILBOX_PAGE_BYTES = 8 * 1024 * 1024
 MAX_LOG_PAGE = 64
 OPEN_STATUSES = ("new", "reviewing", "replied")
 _POOL = re.compile(r"[a-z][a-z0-9-]{0,31}")
@@ -72,29 +79,7 @@ def _new_id() -> str:
     return secrets.token_urlsafe(16)
 
 
-def _token_hash(token: str) -> bytes:
-    return hashlib.sha256(token.encode("ascii", "replace")).digest()
-
-
 # --- request parsing -------------------------------------------------------------------------
-
-
-def _query_int(request: web.Request, name: str, *, default: int | None, maximum: int) -> int:
-    raw = request.query.get(name)
-    if raw is None:
-        if default is None:
-            raise bad_request(f"Query parameter {name!r} is required.")
-        return default
-    if not raw.isascii() or not raw.isdigit() or len(raw) > 16 or int(raw) > maximum:
-        raise bad_request(f"Query parameter {name!r} must be an integer from 0 to {maximum}.")
-    return int(raw)
-
-
-def _path_int(request: web.Request, name: str, maximum: int) -> int:
-    raw = request.match_info[name]
-    if not raw.isascii() or not raw.isdigit() or len(raw) > 9 or int(raw) > maximum:
-        raise bad_request(f"Path segment {name!r} must be an integer from 0 to {maximum}.")
-    return int(raw)
 
 
 def _pool(request: web.Request) -> str:
@@ -117,44 +102,19 @@ def _mailbox_id(request: web.Request) -> str:
     return raw
 
 
-def _header_bytes(request: web.Request, name: str, length: int) -> bytes:
-    raw = request.headers.get(name)
-    if raw is None:
-        raise ApiError(
-            403, "missing_" + name.lower().removeprefix("safe-passage-").replace("-", "_"), f"{name} is required."
-        )
-    try:
-        return b64d(raw.strip(), length=length, what=name)
-    except MalformedInput:
-        raise bad_request(f"{name} is malformed.") from None
-
-
-async def _read_binary(request: web.Request, limit: int, *, exact: int | None = None) -> bytes:
-    if request.content_type != OCTET:
-        raise ApiError(415, "unsupported_media_type", f"Send the body as {OCTET}.")
-    if request.content_length is not None and request.content_length > limit:
-        raise ApiError(413, "payload_too_large", f"The body may be at most {limit} bytes.")
-    # Read at most limit+1 bytes, in chunks, whatever Content-Length claimed.
-    parts: list[bytes] = []
-    size = 0
-    async for part in request.content.iter_chunked(64 * 1024):
-        size += len(part)
-        if size > limit:
-            raise ApiError(413, "payload_too_large", f"The body may be at most {limit} bytes.")
-        parts.append(part)
-    body = b"".join(parts)
-    if exact is not None and len(body) != exact:
-        raise bad_request(f"The body must be exactly {exact} bytes.", "malformed_chunk")
-    return body
-
-
 def _pow(request: web.Request, app: Intake, now: int) -> W.CheckedChallenge:
     raw = request.headers.get(POW_HEADER)
     if raw is None:
         raise ApiError(403, "pow_required", f"{POW_HEADER} is required: get a challenge from /pow and solve it.")
     challenge_text, sep, counter_text = raw.strip().rpartition(".")
-    if not sep or not counter_text.isascii() or not counter_text.isdigit() or len(counter_text) > 20:
-        raise bad_request(f"{POW_HEADER} must be '<challenge>.<counter>'.")
+    if (
+        not sep
+        or not counter_text.isascii()
+        or not counter_text.isdigit()
+        or len(counter_text) > 20
+        or int(counter_text) > W.MAX_COUNTER
+    ):
+        raise bad_request(f"{POW_HEADER} must be '<challenge>.<counter>' with a counter below 2^64.")
     try:
         checked = W.check_challenge(app.keys.pow, challenge_text, now=now)
     except MalformedInput:
@@ -164,22 +124,34 @@ def _pow(request: web.Request, app: Intake, now: int) -> W.CheckedChallenge:
     return checked
 
 
-async def _verify_pow(checked: W.CheckedChallenge, counter_header: str) -> W.VerifiedPow:
-    # The Argon2id evaluation runs in a worker thread (libsodium releases the
-    # GIL) and outside any transaction, so it neither blocks the event loop nor
-    # holds SQLite's write lock. Whether the nonce was already spent is settled
-    # inside the request's transaction (:func:`_spend`).
+async def _spend_and_verify(app: Intake, checked: W.CheckedChallenge, counter_header: str) -> None:
+    """Spend the challenge, then check the work; then charge the load counters.
+
+    The nonce is committed as spent *before* the Argon2id evaluation (section
+    12.5), so each challenge costs the server at most one evaluation however
+    many counters are tried with it, and a replayed challenge is refused with
+    one lookup. Only verified work counts towards the global rate limit and
+    the difficulty: a replayed or unsolved challenge can neither use up the
+    applicants' budget nor raise their difficulty. The spent row's expiry is
+    rounded up to the hour, so it does not date the submission it belongs to.
+    """
+    nonce = checked.challenge.nonce
+    async with app.store.write() as session:
+        if await session.get(SpentChallenge, nonce) is not None:
+            raise ApiError(409, "pow_reused", "This proof of work was already used; get a new challenge.")
+        session.add(SpentChallenge(nonce=nonce, expires=_round_up_hour(checked.challenge.expires)))
+        try:
+            await session.flush()
+        except IntegrityError:
+            raise ApiError(409, "pow_reused", "This proof of work was already used; get a new challenge.") from None
     counter = int(counter_header.rpartition(".")[2])
     try:
-        return await asyncio.to_thread(W.verify_work, checked, counter)
+        # In a worker thread (libsodium releases the GIL), outside any transaction.
+        await asyncio.to_thread(W.verify_work, checked, counter)
     except (PowRejected, MalformedInput) as exc:
         raise from_crypto(exc, 403, "pow_invalid") from None
-
-
-async def _spend(session: AsyncSession, verified: W.VerifiedPow) -> None:
-    if await session.get(SpentChallenge, verified.nonce) is not None:
-        raise ApiError(409, "pow_reused", "This proof of work was already used; get a new challenge.")
-    session.add(SpentChallenge(nonce=verified.nonce, expires=verified.expires))
+    app.submission_limit.hit()
+    app.difficulty.record_submission()
 
 
 def _receipt_json(receipt: Receipt) -> dict[str, str]:
@@ -288,7 +260,10 @@ async def get_log_entries(request: web.Request) -> web.Response:
     if not start < end or end - start > MAX_LOG_PAGE:
         raise bad_request(f"Ask for 1 to {MAX_LOG_PAGE} entries with 0 <= start < end <= {size}.", "bad_range")
     entries = await app.log_entries(start, end)
-    return web.json_response({"entries": [SignedDirectory.from_bytes(e).to_json() for e in entries]})
+    # The stored entries are canonical JSON already (checked when published):
+    # served as they are, with no parsing on an unauthenticated request.
+    body = b'{"entries":[' + b",".join(entries) + b"]}"
+    return web.Response(body=body, content_type="application/json")
 
 
 # --- proof of work ----------------------------------------------------------------------------------
@@ -342,8 +317,6 @@ async def submit_contact(request: web.Request) -> web.Response:
     attachments = _query_int(request, "attachments", default=0, maximum=cfg.max_attachments)
     mailbox_key = VerifyKey(_header_bytes(request, MAILBOX_KEY_HEADER, 32))
     checked = _pow(request, app, now)
-    app.submission_limit.hit()
-    app.difficulty.record_submission()
     data = await _read_binary(request, MAX_ENVELOPE)
     header = _check_envelope(app, data, E.Purpose.CONTACT, pool, now)
     _check_submission(request, data, kind="contact", pool=pool, attachments=attachments, contact_id="", key=mailbox_key)
@@ -352,9 +325,8 @@ async def submit_contact(request: web.Request) -> web.Response:
     contact_id = _new_id()
     token = secrets.token_urlsafe(32) if attachments else None
     envelope_hash = hashlib.sha256(data).digest()
-    verified = await _verify_pow(checked, request.headers[POW_HEADER])
-    async with app.store.write() as session:
-        await _spend(session, verified)
+    await _spend_and_verify(app, checked, request.headers[POW_HEADER])
+    async with _writing(app) as session:
         mailbox = await session.get(Mailbox, mailbox_id)
         if mailbox is None:
             session.add(Mailbox(id=mailbox_id, public_key=mailbox_key.public_bytes_raw(), created_day=today))
@@ -388,8 +360,15 @@ async def submit_contact(request: web.Request) -> web.Response:
     )
 
 
-def _round_up_hour(t: int) -> int:
-    return -(-t // 3600) * 3600
+@contextlib.asynccontextmanager
+async def _writing(app: Intake) -> AsyncIterator[AsyncSession]:
+    """A write transaction in which a lost race (an insert that another request
+    made first, seen at any flush) is a 409 with nothing stored, not a 500."""
+    try:
+        async with app.store.write() as session:
+            yield session
+    except IntegrityError:
+        raise ApiError(409, "conflict", "A concurrent request already stored this; nothing was stored.") from None
 
 
 async def _flush_or_conflict(session: AsyncSession) -> None:
@@ -418,6 +397,12 @@ async def upload_chunk(request: web.Request) -> web.Response:
     contact_id = _contact_id(request.match_info["contact_id"])
     attachment = _path_int(request, "attachment", E.MAX_ATTACHMENTS - 1)
     index = _path_int(request, "index", E.MAX_CHUNKS - 1)
+    # Token, contact and state first: nobody without an upload token makes the
+    # server read (and buffer) a megabyte.
+    async with app.store.read() as session:
+        contact = await _pending_contact(session, request, contact_id)
+        if contact.state != "pending":
+            raise ApiError(409, "already_complete", "This contact is already complete.")
     frame = await _read_binary(request, E.CHUNK_LEN, exact=E.CHUNK_LEN)
     try:
         fields = E.parse_chunk_frame(frame)
@@ -425,7 +410,7 @@ async def upload_chunk(request: web.Request) -> web.Response:
         raise from_crypto(exc, 400, "malformed_chunk") from None
     if (fields.attachment, fields.index) != (attachment, index):
         raise bad_request("The chunk frame does not match its URL.", "malformed_chunk")
-    async with app.store.write() as session:
+    async with _writing(app) as session:
         contact = await _pending_contact(session, request, contact_id)
         if contact.state != "pending":
             raise ApiError(409, "already_complete", "This contact is already complete.")
@@ -477,15 +462,18 @@ async def finalise_contact(request: web.Request) -> web.Response:
 async def mailbox_challenge(request: web.Request) -> web.Response:
     app = intake_of(request)
     mailbox_id = _mailbox_id(request)
-    app.challenge_limit.hit()
+    app.mailbox_challenge_limit.hit()
     now = _now()
     nonce = secrets.token_bytes(MAILBOX_NONCE_LEN)
+    # The stored expiry is rounded up to the hour (at least five minutes away),
+    # so the row does not record when this mailbox was checked.
+    expires = _round_up_hour(now + MAILBOX_NONCE_LIFETIME)
     # A nonce is issued whether or not the mailbox exists: the answer must not
     # tell a prober which mailbox ids are in use.
     async with app.store.write() as session:
         await session.execute(delete(MailboxNonce).where(MailboxNonce.expires <= now))
-        session.add(MailboxNonce(nonce=nonce, mailbox_id=mailbox_id, expires=now + MAILBOX_NONCE_LIFETIME))
-    return web.json_response({"nonce": b64e(nonce), "expires": now + MAILBOX_NONCE_LIFETIME}, status=201)
+        session.add(MailboxNonce(nonce=nonce, mailbox_id=mailbox_id, expires=expires))
+    return web.json_response({"nonce": b64e(nonce), "expires": expires}, status=201)
 
 
 async def _read_json(request: web.Request, limit: int) -> dict[str, object]:
@@ -493,9 +481,15 @@ async def _read_json(request: web.Request, limit: int) -> dict[str, object]:
         raise ApiError(415, "unsupported_media_type", "Send the body as application/json.")
     if request.content_length is not None and request.content_length > limit:
         raise ApiError(413, "payload_too_large", f"The body may be at most {limit} bytes.")
-    raw = await request.content.read(limit + 1)
-    if len(raw) > limit:
-        raise ApiError(413, "payload_too_large", f"The body may be at most {limit} bytes.")
+    # Read to the end (a body may arrive in several pieces over Tor), bounded.
+    parts: list[bytes] = []
+    size = 0
+    async for part in request.content.iter_chunked(4096):
+        size += len(part)
+        if size > limit:
+            raise ApiError(413, "payload_too_large", f"The body may be at most {limit} bytes.")
+        parts.append(part)
+    raw = b"".join(parts)
     try:
         value = json.loads(raw.decode("utf-8"))
     except (UnicodeDecodeError, json.JSONDecodeError, RecursionError):
@@ -536,13 +530,25 @@ async def mailbox_fetch(request: web.Request) -> web.Response:
         deleted = await session.execute(delete(MailboxNonce).where(MailboxNonce.nonce == nonce))
         if deleted.rowcount != 1:  # type: ignore[attr-defined]
             raise refused
-        rows = (
-            await session.scalars(
-                select(Message)
-                .where(Message.mailbox_id == mailbox_id, Message.kind == "reply", Message.seq > after)
+        wanted = Message.mailbox_id == mailbox_id, Message.kind == "reply", Message.seq > after
+        # A page is bounded by count and by bytes (always at least one reply),
+        # so a mailbox of many large replies stays readable page by page and
+        # the server never builds an answer of hundreds of megabytes.
+        sizes = (
+            await session.execute(
+                select(Message.seq, func.length(Message.envelope))
+                .where(*wanted)
                 .order_by(Message.seq)
                 .limit(app.config.mailbox_fetch_limit)
             )
+        ).all()
+        last_seq, total = after, 0
+        for seq, size in sizes:
+            if total and total + size > MAILBOX_PAGE_BYTES:
+                break
+            last_seq, total = seq, total + size
+        rows = (
+            await session.scalars(select(Message).where(*wanted, Message.seq <= last_seq).order_by(Message.seq))
         ).all()
         messages = [
             {"id": m.id, "contact": m.contact_id, "day": m.day.isoformat(), "seq": m.seq, "envelope": b64e(m.envelope)}
@@ -558,8 +564,6 @@ async def post_follow_up(request: web.Request) -> web.Response:
     contact_id = _contact_id(request.query.get("contact", ""))
     now, today = _now(), _today()
     checked = _pow(request, app, now)
-    app.submission_limit.hit()
-    app.difficulty.record_submission()
     data = await _read_binary(request, MAX_ENVELOPE)
     async with app.store.read() as session:
         contact = await session.get(Contact, contact_id)
@@ -578,9 +582,8 @@ async def post_follow_up(request: web.Request) -> web.Response:
     )
     message_id = _new_id()
     envelope_hash = hashlib.sha256(data).digest()
-    verified = await _verify_pow(checked, request.headers[POW_HEADER])
-    async with app.store.write() as session:
-        await _spend(session, verified)
+    await _spend_and_verify(app, checked, request.headers[POW_HEADER])
+    async with _writing(app) as session:
         await _check_quota(session, app, mailbox_id, today)
         seq = await session.scalar(
             select(func.coalesce(func.max(Message.seq), 0)).where(Message.mailbox_id == mailbox_id)

@@ -32,16 +32,17 @@ class Answer:
 
 
 class Calls:
-    def __init__(self, base_url: str, session: aiohttp.ClientSession) -> None:
+    def __init__(self, base_url: str, session: aiohttp.ClientSession, api: str = "public") -> None:
         self.base = base_url
         self.session = session
+        self.api = api  # which docs/openapi/<api>.yaml the answers are checked against
 
     async def call(self, method: str, path: str, *, check: bool = True, **kwargs: Any) -> Answer:
         async with self.session.request(method, self.base + path, **kwargs) as response:
             raw = await response.read()
             body = json.loads(raw) if response.content_type == "application/json" else raw
             if check:
-                check_response("public", method, path.split("?", maxsplit=1)[0], response.status, body)
+                check_response(self.api, method, path.split("?", maxsplit=1)[0], response.status, body)
             return Answer(response.status, body, dict(response.headers))
 
     async def challenge(self) -> W.Challenge:

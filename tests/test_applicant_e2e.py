@@ -21,6 +21,7 @@ from safepassage.client.trust import HeadState, fetch_trusted_directory
 from safepassage.crypto import envelope as E
 from safepassage.crypto.codename import derive_applicant_keys, parse_codename
 from safepassage.crypto.intake import Contact, FollowUp
+from safepassage.crypto.staffmsg import Reply as HandlerReply
 from safepassage.server.db.models import Chunk, Message
 from safepassage.server.db.models import Contact as ContactRow
 
@@ -64,9 +65,12 @@ async def test_send_check_and_follow_up_through_the_real_server(deployment: Depl
     assert b"".join(opener.open_chunk(c.frame) for c in chunks) == blob
     opener.finish()
 
-    # A handler's reply arrives in the mailbox (the staff API is its own issue).
+    # A handler's reply arrives in the mailbox (written here as the handler client writes it).
     keys = derive_applicant_keys(sent.codename)
-    reply = E.seal("Мы получили. Ответьте в четверг.".encode(), [keys.reply_key.public_key], E.Purpose.REPLY)
+    payload = HandlerReply(sent.contact_id, "bob", "Мы получили. Ответьте в четверг.").seal_payload(
+        deployment.org.identities["bob"]
+    )
+    reply = E.seal(payload, [keys.reply_key.public_key], E.Purpose.REPLY)
     async with deployment.store.write() as session:
         session.add(
             Message(
@@ -87,7 +91,7 @@ async def test_send_check_and_follow_up_through_the_real_server(deployment: Depl
         follow = await send_follow_up(
             client, trusted, sent.codename, sent.contact_id, "Четверг подходит.", pool="science"
         )
-    assert [r.plaintext for r in replies] == ["Мы получили. Ответьте в четверг.".encode()]
+    assert [(r.handler_id, r.text) for r in replies] == [("bob", "Мы получили. Ответьте в четверг.")]
     async with deployment.store.read() as session:
         stored = await session.get(Message, follow.message_id)
     assert stored is not None
@@ -179,7 +183,10 @@ async def test_long_mailbox_is_read_page_by_page(deployment: Deployment) -> None
         keys = derive_applicant_keys(sent.codename)
         async with deployment.store.write() as session:
             for seq in range(1, 6):
-                reply = E.seal(f"reply {seq}".encode(), [keys.reply_key.public_key], E.Purpose.REPLY)
+                payload = HandlerReply(sent.contact_id, "alice", f"reply {seq}").seal_payload(
+                    deployment.org.identities["alice"]
+                )
+                reply = E.seal(payload, [keys.reply_key.public_key], E.Purpose.REPLY)
                 session.add(
                     Message(
                         id=f"r_page{seq:08d}",
@@ -194,4 +201,5 @@ async def test_long_mailbox_is_read_page_by_page(deployment: Deployment) -> None
                     )
                 )
         replies = await check_mailbox(client, trusted, sent.codename)
-    assert [r.plaintext for r in replies] == [f"reply {i}".encode() for i in range(1, 6)]
+    assert [r.text for r in replies] == [f"reply {i}" for i in range(1, 6)]
+    assert all(r.verified for r in replies)

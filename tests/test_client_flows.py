@@ -23,13 +23,21 @@ import pytest
 
 from safepassage.client.applicant import Progress, Reply, check_mailbox, send_contact, send_follow_up
 from safepassage.client.cli import main
-from safepassage.client.errors import AttachmentChanged, AttachmentError, MessageTooLong, ServerRefused, UsageError
+from safepassage.client.errors import (
+    AttachmentChanged,
+    AttachmentError,
+    DeliveryUncertain,
+    MessageTooLong,
+    ServerRefused,
+    UsageError,
+)
 from safepassage.client.intake_api import IntakeClient
 from safepassage.client.trust import TrustedDirectory, fetch_trusted_directory
 from safepassage.crypto.codename import derive_applicant_keys, generate_codename, parse_codename, wordlist
 from safepassage.crypto.envelope import CHUNK_DATA_MAX, Purpose, open_envelope, seal
 from safepassage.crypto.errors import BadSignature, NotARecipient
 from safepassage.crypto.intake import Contact, FollowUp
+from safepassage.crypto.staffmsg import Reply as HandlerReply
 
 from .fake_intake import FakeIntake, honest_view
 from .helpers import DAY, Org, hybrid_key, signing_key
@@ -252,17 +260,27 @@ def test_unknown_pool_names_the_known_ones() -> None:
 
 def test_receipt_from_another_key_is_refused() -> None:
     fake = new_fake(receipt_key=signing_key("impostor-receipt"))
-    with pytest.raises(BadSignature):
+    # The server says it stored the contact but its receipt is forged: the
+    # applicant is told delivery is uncertain and still gets the codename.
+    with pytest.raises(DeliveryUncertain) as info:
         run(
             fake,
             lambda c, d: send_contact(c, d, pool="general", language="ru", message="m", fields={}, attachments=[]),
         )
+    assert isinstance(info.value.__cause__, BadSignature)
+    assert len(info.value.codename.reveal().split()) == 7
+    assert info.value.codename.reveal() not in str(info.value) + repr(info.value)
 
 
 # --- replies and follow-ups ------------------------------------------------------------------------
 
 
-def test_check_mailbox_opens_replies_and_reports_unreadable_ones() -> None:
+def signed_reply(contact_id: str, text: str, handler: str = "alice", key: str | None = None) -> bytes:
+    """A reply payload as the handler client writes it (protocol 16.1)."""
+    return HandlerReply(contact_id, handler, text).seal_payload(ORG.identities[key or handler])
+
+
+def test_check_mailbox_verifies_handler_replies_and_flags_the_rest() -> None:
     fake = new_fake()
 
     async def flow(client: IntakeClient, directory: TrustedDirectory) -> tuple[Any, list[Reply]]:
@@ -272,19 +290,35 @@ def test_check_mailbox_opens_replies_and_reports_unreadable_ones() -> None:
         keys = derive_applicant_keys(sent.codename)
         mailbox = keys.mailbox_id.hex()
         reply_key = keys.reply_key.public_key
-        fake.add_reply(mailbox, sent.contact_id, seal("Здравствуйте".encode(), [reply_key], Purpose.REPLY).data)
-        fake.add_reply(mailbox, sent.contact_id, seal(b"x", [hybrid_key("someone").public_key], Purpose.REPLY).data)
-        fake.add_reply(mailbox, sent.contact_id, seal(b"x", [reply_key], Purpose.CONTACT).data)
+        cid = sent.contact_id
+
+        def add(payload: bytes, key: Any = reply_key, purpose: Purpose = Purpose.REPLY) -> None:
+            fake.add_reply(mailbox, cid, seal(payload, [key], purpose).data)
+
+        add(signed_reply(cid, "Здравствуйте"))
+        add(signed_reply(cid, "Come to this address.", handler="alice", key="bob"))  # bob's key, alice's name
+        add(HandlerReply(cid, "mallory", "hi").seal_payload(signing_key("mallory")))  # not in the directory
+        add(signed_reply("c_another01", "old news"))  # a genuine reply to another contact, replayed
+        add(b"plain text the server wrote")
+        add(b"x", key=hybrid_key("someone").public_key)
+        add(b"x", purpose=Purpose.CONTACT)
         return sent, await check_mailbox(client, directory, sent.codename)
 
     sent, replies = run(fake, flow)
-    assert [r.readable for r in replies] == [True, False, False]
-    assert replies[0].plaintext == "Здравствуйте".encode()
-    assert replies[0].contact_id == sent.contact_id
-    assert replies[1].problem is not None
-    assert "not sealed to any of your keys" in replies[1].problem
-    assert "expected a reply envelope" in (replies[2].problem or "")
-    assert "Здравствуйте" not in repr(replies[0])
+    assert [r.verified for r in replies] == [True, False, False, False, False, False, False]
+    assert [r.readable for r in replies] == [True, True, True, True, True, False, False]
+    first = replies[0]
+    assert (first.handler_id, first.text, first.problem) == ("alice", "Здравствуйте", None)
+    assert first.contact_id == sent.contact_id
+    for forged in replies[1:5]:
+        assert forged.handler_id is None
+        assert forged.text is None
+        assert forged.problem is not None
+    assert "another contact" in (replies[3].problem or "")
+    assert "not sealed to any of your keys" in (replies[5].problem or "")
+    assert "expected a reply envelope" in (replies[6].problem or "")
+    assert "Здравствуйте" not in repr(first)
+    assert "verified, handler=alice" in repr(first)
 
 
 def test_check_mailbox_with_an_unknown_codename_is_refused() -> None:
@@ -377,15 +411,26 @@ def test_cli_send_check_reply(
 
         keys = derive_applicant_keys(parse_codename(codename))
         text = "Ответ \x1b[2Jhandler\u202e"
-        fake.add_reply(
-            keys.mailbox_id.hex(), contact_id, seal(text.encode(), [keys.reply_key.public_key], Purpose.REPLY).data
-        )
+        reply_key = keys.reply_key.public_key
+        payload = signed_reply(contact_id, text)
+        fake.add_reply(keys.mailbox_id.hex(), contact_id, seal(payload, [reply_key], Purpose.REPLY).data)
         code, out, err = cli(monkeypatch, capsys, "contact", "check", *common, "--codename-file", str(codename_file))
         assert code == 0, err
         assert "Ответ [2Jhandler" in out  # the escape byte is gone; the rest is harmless text
         assert "\x1b" not in out
         assert "\u202e" not in out
-        assert "cannot yet check" in err
+        assert "verified: signed by handler alice" in out
+        assert "NOT VERIFIED" not in out + err
+
+        # A message the server (or anyone with the public reply key) wrote is shown, loudly flagged.
+        fake.add_reply(
+            keys.mailbox_id.hex(), contact_id, seal(b"Go to the border now", [reply_key], Purpose.REPLY).data
+        )
+        code, out, err = cli(monkeypatch, capsys, "contact", "check", *common, "--codename-file", str(codename_file))
+        assert code == 0, err
+        assert "warning: NOT VERIFIED" in err
+        flagged = out[out.index("Go to the border now") - 400 : out.index("Go to the border now")]
+        assert "NOT VERIFIED" in flagged
 
         code, out, err = cli(
             monkeypatch,
@@ -405,7 +450,7 @@ def test_cli_send_check_reply(
         )
         assert code == 0, err
         assert "Follow-up delivered" in out
-    assert [m.kind for m in fake.messages[keys.mailbox_id.hex()]] == ["reply", "follow-up"]
+    assert [m.kind for m in fake.messages[keys.mailbox_id.hex()]] == ["reply", "reply", "follow-up"]
 
 
 def test_cli_refuses_a_direct_connection_and_an_empty_message(

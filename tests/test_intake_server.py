@@ -392,7 +392,21 @@ async def test_proof_of_work_missing_wrong_reused_expired(calls: Calls, deployme
             headers={"Safe-Passage-PoW": f"{expired.to_text()}.{W.solve(expired)}"},
         ),
     )
-    good = f"{challenge.to_text()}.{W.solve(challenge)}"
+    # The wrong counter spent that challenge (section 12.5): even the right one is refused now.
+    await refused(
+        deployment,
+        409,
+        "pow_reused",
+        submit(
+            calls,
+            deployment,
+            applicant,
+            envelope=data,
+            headers={"Safe-Passage-PoW": f"{challenge.to_text()}.{W.solve(challenge)}"},
+        ),
+    )
+    fresh = await calls.challenge()
+    good = f"{fresh.to_text()}.{W.solve(fresh)}"
     first, _ = await submit(calls, deployment, applicant, envelope=data, headers={"Safe-Passage-PoW": good})
     assert first.status == 201
     other = seal_for(recipients(deployment), applicant.contact()).data

@@ -1,0 +1,80 @@
+"""Reading untrusted request input, shared by the intake and the integration service.
+
+Every value a client sends is bounded before it is used: integers by digit
+count and range, headers by their decoded length, bodies by reading at most
+``limit + 1`` bytes whatever ``Content-Length`` claimed. A bad value raises
+:class:`~.errors.ApiError`; nothing here logs or echoes what was sent.
+"""
+
+from __future__ import annotations
+
+import hashlib
+
+from aiohttp import web
+
+from safepassage.crypto.encoding import b64d
+from safepassage.crypto.errors import MalformedInput
+
+from .errors import ApiError, bad_request
+
+OCTET = "application/octet-stream"
+
+
+def token_hash(token: str) -> bytes:
+    """What is stored of an upload token: its SHA-256 (the token itself never is)."""
+    return hashlib.sha256(token.encode("ascii", "replace")).digest()
+
+
+def round_up_hour(t: int) -> int:
+    """Expiry times kept to the hour, so they do not date an upload to the second."""
+    return -(-t // 3600) * 3600
+
+
+def query_int(request: web.Request, name: str, *, default: int | None, maximum: int) -> int:
+    raw = request.query.get(name)
+    if raw is None:
+        if default is None:
+            raise bad_request(f"Query parameter {name!r} is required.")
+        return default
+    if not raw.isascii() or not raw.isdigit() or len(raw) > 16 or int(raw) > maximum:
+        raise bad_request(f"Query parameter {name!r} must be an integer from 0 to {maximum}.")
+    return int(raw)
+
+
+def path_int(request: web.Request, name: str, maximum: int) -> int:
+    raw = request.match_info[name]
+    if not raw.isascii() or not raw.isdigit() or len(raw) > 9 or int(raw) > maximum:
+        raise bad_request(f"Path segment {name!r} must be an integer from 0 to {maximum}.")
+    return int(raw)
+
+
+def header_bytes(request: web.Request, name: str, length: int) -> bytes:
+    """The b64 header ``name`` decoded to exactly ``length`` bytes; 403 ``missing_*`` when absent."""
+    raw = request.headers.get(name)
+    if raw is None:
+        raise ApiError(
+            403, "missing_" + name.lower().removeprefix("safe-passage-").replace("-", "_"), f"{name} is required."
+        )
+    try:
+        return b64d(raw.strip(), length=length, what=name)
+    except MalformedInput:
+        raise bad_request(f"{name} is malformed.") from None
+
+
+async def read_binary(request: web.Request, limit: int, *, exact: int | None = None) -> bytes:
+    if request.content_type != OCTET:
+        raise ApiError(415, "unsupported_media_type", f"Send the body as {OCTET}.")
+    if request.content_length is not None and request.content_length > limit:
+        raise ApiError(413, "payload_too_large", f"The body may be at most {limit} bytes.")
+    # Read at most limit+1 bytes, in chunks, whatever Content-Length claimed.
+    parts: list[bytes] = []
+    size = 0
+    async for part in request.content.iter_chunked(64 * 1024):
+        size += len(part)
+        if size > limit:
+            raise ApiError(413, "payload_too_large", f"The body may be at most {limit} bytes.")
+        parts.append(part)
+    body = b"".join(parts)
+    if exact is not None and len(body) != exact:
+        raise bad_request(f"The body must be exactly {exact} bytes.", "malformed_chunk")
+    return body

@@ -21,7 +21,7 @@ from cryptography.hazmat.primitives import hashes as _hashes
 from cryptography.hazmat.primitives.asymmetric import mlkem as _mlkem
 from cryptography.hazmat.primitives.kdf.hkdf import HKDF
 
-from .errors import BadSignature, CryptoError, DecryptionFailed, MalformedInput
+from .errors import BadSignature, CryptoError, DecryptionFailed, MalformedInput, WrongPassphrase
 
 X25519_KEY_LEN: Final = 32
 ED25519_SEED_LEN: Final = 32
@@ -59,6 +59,8 @@ __all__ = [
     "MlKemPrivate",
     "check_hybrid_public",
     "mlkem768_encapsulate",
+    "pwhash_str",
+    "pwhash_str_verify",
     "random_bytes",
     "sha256",
     "sha3_256",
@@ -244,3 +246,30 @@ def argon2id(password: bytes, salt: bytes, *, opslimit: int, memlimit: int, leng
 def _check_len(value: bytes, expected: int, what: str) -> None:
     if not isinstance(value, bytes) or len(value) != expected:
         raise MalformedInput(f"{what} must be {expected} bytes")
+
+
+# --- Argon2id password strings ----------------------------------------------
+
+PWHASH_STR_MAX: Final = 127
+
+
+def pwhash_str(password: bytes, *, opslimit: int, memlimit: int) -> bytes:
+    """libsodium's self-describing Argon2id string: parameters, a fresh random salt and the hash."""
+    try:
+        return bytes(_sodium.crypto_pwhash_str_alg(password, opslimit, memlimit, _sodium.crypto_pwhash_ALG_ARGON2ID13))
+    except (_nacl_exc.RuntimeError, MemoryError) as exc:
+        raise CryptoError("not enough memory for Argon2id") from exc
+
+
+def pwhash_str_verify(stored: bytes, password: bytes) -> None:
+    """Raise :class:`WrongPassphrase` unless ``password`` matches ``stored``.
+
+    libsodium recomputes with the parameters written in ``stored`` and compares
+    in constant time; it reports a malformed string the same way as a mismatch.
+    """
+    if not isinstance(stored, bytes) or not 0 < len(stored) <= PWHASH_STR_MAX:
+        raise MalformedInput("password hash has an invalid form")
+    try:
+        _sodium.crypto_pwhash_str_verify(stored, password)
+    except (_nacl_exc.InvalidkeyError, _nacl_exc.ValueError, MemoryError) as exc:
+        raise WrongPassphrase() from exc

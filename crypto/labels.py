@@ -67,3 +67,7 @@ SIG_REPLY: Final = b"reply"
 SIG_ESCALATION: Final = b"escalation"
 SIG_DELIVERY: Final = b"package-delivery"
 SIG_INTEGRATION_RECEIPT: Final = b"integration-receipt"
+
+# --- staff credentials at rest (section 18) ---------------------------------------------------
+TOTP_MAGIC: Final = b"SPT\x01"
+TOTP_SECRET_AD: Final = b"safepassage/v1/totp-secret"

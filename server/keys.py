@@ -3,8 +3,11 @@
 * ``receipt.key``: the Ed25519 seed that signs receipts; its public half is in
   the directory, so applicants can check what the server acknowledged.
 * ``pow.key``: the secret that authenticates proof-of-work challenges.
+* ``totp.key``: the key sealing staff TOTP secrets in the database
+  (docs/protocol.md, section 18.3). Folders made before the staff app have
+  none; ``safepassage staff init`` adds it, and only the staff app needs it.
 
-Neither is ever written to configuration, logs or the database.
+None is ever written to configuration, logs or the database.
 """
 
 from __future__ import annotations
@@ -14,11 +17,13 @@ from pathlib import Path
 
 from safepassage.crypto.errors import SafePassageError
 from safepassage.crypto.keys import SigningKey
+from safepassage.crypto.passwords import TOTP_KEY_LEN, TotpSecretKey
 from safepassage.crypto.pow import PowKey
 from safepassage.crypto.privatefile import read_private, write_private
 
 RECEIPT_KEY_FILE = "receipt.key"
 POW_KEY_FILE = "pow.key"
+TOTP_KEY_FILE = "totp.key"
 
 
 class MissingKeys(SafePassageError):
@@ -28,22 +33,44 @@ class MissingKeys(SafePassageError):
     exit_code = 2
 
 
+class MissingStaffKey(SafePassageError):
+    """The staff key file keys/totp.key is missing."""
+
+    hint = "Run once: safepassage staff init --data DIR (server folders made before the staff app lack it)."
+    exit_code = 2
+
+
 @dataclass(frozen=True, slots=True, repr=False)
 class ServerKeys:
     receipt: SigningKey
     pow: PowKey
+    #: None in a folder made before the staff app (see :func:`create_totp_key`).
+    totp: TotpSecretKey | None = None
 
     def __repr__(self) -> str:
         return f"ServerKeys(receipt={self.receipt.verify_key.key_id.short()}...)"
+
+    def require_totp(self) -> TotpSecretKey:
+        if self.totp is None:
+            raise MissingStaffKey()
+        return self.totp
 
 
 def create_keys(keys_dir: Path) -> ServerKeys:
     keys_dir.mkdir(mode=0o700, parents=True, exist_ok=True)
     keys_dir.chmod(0o700)
-    keys = ServerKeys(SigningKey.generate(), PowKey.generate())
+    keys = ServerKeys(SigningKey.generate(), PowKey.generate(), TotpSecretKey.generate())
     write_private(keys_dir / RECEIPT_KEY_FILE, keys.receipt.seed_bytes_raw(), replace=False)
     write_private(keys_dir / POW_KEY_FILE, keys.pow.secret_bytes_raw(), replace=False)
+    write_private(keys_dir / TOTP_KEY_FILE, keys.require_totp().secret_bytes_raw(), replace=False)
     return keys
+
+
+def create_totp_key(keys_dir: Path) -> TotpSecretKey:
+    """Add ``totp.key`` to an existing keys folder; an existing file raises FileExistsError, untouched."""
+    key = TotpSecretKey.generate()
+    write_private(keys_dir / TOTP_KEY_FILE, key.secret_bytes_raw(), replace=False)
+    return key
 
 
 def load_keys(keys_dir: Path) -> ServerKeys:
@@ -52,4 +79,11 @@ def load_keys(keys_dir: Path) -> ServerKeys:
         pow_key = read_private(keys_dir / POW_KEY_FILE, max_len=64, what="the proof-of-work key")
     except FileNotFoundError:
         raise MissingKeys() from None
-    return ServerKeys(SigningKey.from_seed_bytes(receipt), PowKey.from_bytes(pow_key))
+    try:
+        totp: TotpSecretKey | None = TotpSecretKey.from_bytes(
+            read_private(keys_dir / TOTP_KEY_FILE, max_len=TOTP_KEY_LEN, what="the TOTP key")
+        )
+    except FileNotFoundError:
+        # Loading creates nothing: the public app runs without it, the staff app refuses.
+        totp = None
+    return ServerKeys(SigningKey.from_seed_bytes(receipt), PowKey.from_bytes(pow_key), totp)

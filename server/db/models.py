@@ -143,3 +143,80 @@ class TreeHeadRecord(Base):
 
     size: Mapped[int] = mapped_column(Integer, primary_key=True, autoincrement=False)
     signed_head: Mapped[bytes] = mapped_column(LargeBinary)
+
+
+# --- staff (docs/protocol.md, section 18; the staff API) ------------------------------------------
+
+
+class StaffUser(Base):
+    """A handler or admin account. The username of a handler is its id in the directory."""
+
+    __tablename__ = "staff_users"
+
+    username: Mapped[str] = mapped_column(String(64), primary_key=True)
+    #: "handler" or "admin".
+    role: Mapped[str] = mapped_column(String(16))
+    #: libsodium's Argon2id string (parameters, salt, hash); never the password.
+    password_hash: Mapped[str] = mapped_column(String(128))
+    #: The TOTP secret sealed under keys/totp.key, bound to the username.
+    totp_secret: Mapped[bytes] = mapped_column(LargeBinary)
+    #: The last TOTP step accepted; a code for this step or an earlier one is refused.
+    totp_last_counter: Mapped[int] = mapped_column(BigInteger)
+    #: Failed logins since the last successful one.
+    failed_logins: Mapped[int] = mapped_column(Integer)
+    #: Unix time until which every login is refused; 0 when not locked.
+    locked_until: Mapped[int] = mapped_column(BigInteger)
+    #: "pending" (enrolled, first code not yet confirmed), "active" or "revoked".
+    state: Mapped[str] = mapped_column(String(16))
+    created_day: Mapped[dt.date] = mapped_column(Date)
+
+
+class StaffSession(Base):
+    """A logged-in session; the bearer token itself is never stored."""
+
+    __tablename__ = "staff_sessions"
+
+    token_hash: Mapped[bytes] = mapped_column(LargeBinary(32), primary_key=True)
+    username: Mapped[str] = mapped_column(ForeignKey("staff_users.username", ondelete="CASCADE"), index=True)
+    created: Mapped[int] = mapped_column(BigInteger)
+    #: Refreshed by requests (at most once a minute); the idle expiry counts from it.
+    last_seen: Mapped[int] = mapped_column(BigInteger)
+    absolute_expires: Mapped[int] = mapped_column(BigInteger, index=True)
+
+
+class StaffInvitation(Base):
+    """A one-time enrolment code for a named account; only its hash is stored."""
+
+    __tablename__ = "staff_invitations"
+
+    code_hash: Mapped[bytes] = mapped_column(LargeBinary(32), primary_key=True)
+    username: Mapped[str] = mapped_column(String(64), index=True)
+    role: Mapped[str] = mapped_column(String(16))
+    expires: Mapped[int] = mapped_column(BigInteger)
+    used: Mapped[bool] = mapped_column(Boolean)
+
+
+class AuditEvent(Base):
+    """Who did what to which case, on which day. Never content, never secrets."""
+
+    __tablename__ = "audit_events"
+
+    id: Mapped[int] = mapped_column(Integer, primary_key=True, autoincrement=True)
+    day: Mapped[dt.date] = mapped_column(Date)
+    actor: Mapped[str] = mapped_column(String(64))
+    action: Mapped[str] = mapped_column(String(32))
+    case_id: Mapped[str | None] = mapped_column(String(32), nullable=True)
+    detail: Mapped[str] = mapped_column(String(200))
+
+
+class EscalationRecord(Base):
+    """That a case was escalated: the integration service's signed receipt, never the package."""
+
+    __tablename__ = "escalations"
+
+    package_id: Mapped[str] = mapped_column(String(64), primary_key=True)
+    contact_id: Mapped[str] = mapped_column(ForeignKey("contacts.id", ondelete="CASCADE"), index=True)
+    handler: Mapped[str] = mapped_column(String(64))
+    day: Mapped[dt.date] = mapped_column(Date)
+    #: The receipt as canonical JSON (docs/protocol.md, 17.3).
+    receipt: Mapped[bytes] = mapped_column(LargeBinary)

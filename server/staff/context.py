@@ -1,0 +1,83 @@
+"""What the staff app shares between requests, under its own typed AppKey."""
+
+from __future__ import annotations
+
+import asyncio
+import datetime as dt
+import time
+from collections.abc import Callable
+from dataclasses import dataclass, field
+
+from aiohttp import web
+from sqlalchemy.ext.asyncio import AsyncSession
+
+from safepassage.crypto.passwords import Password, TotpSecretKey, hash_password, verify_password
+
+from ..config import ServerConfig
+from ..db.engine import Store
+from ..db.models import AuditEvent
+from ..directory_store import Published, load_published
+from ..errors import ApiError
+
+Clock = Callable[[], float]
+
+#: Argon2id runs at most this many at once: each holds 64 MiB for its duration.
+HASH_SLOTS = 4
+
+
+@dataclass
+class Staff:
+    config: ServerConfig
+    store: Store
+    totp_key: TotpSecretKey
+    clock: Clock = time.time
+    #: A hash of a random password, verified against when a login names no account,
+    #: so an unknown username costs the same work as a known one.
+    dummy_hash: str = ""
+    _hash_slots: asyncio.Semaphore = field(default_factory=lambda: asyncio.Semaphore(HASH_SLOTS), repr=False)
+    _published: Published | None = field(default=None, repr=False)
+
+    def now(self) -> int:
+        return int(self.clock())
+
+    def today(self) -> dt.date:
+        return dt.datetime.fromtimestamp(self.clock(), dt.UTC).date()
+
+    @property
+    def idle_seconds(self) -> int:
+        return self.config.staff_idle_minutes * 60
+
+    @property
+    def session_seconds(self) -> int:
+        return self.config.staff_session_hours * 3600
+
+    def published(self) -> Published:
+        if self._published is None:
+            raise ApiError(503, "no_directory", "No directory has been published yet; try again later.")
+        return self._published
+
+    async def refresh(self) -> None:
+        """Reload the directory from the shared database (``server publish`` or another front end)."""
+        self._published = await load_published(self.store)
+
+    async def hash_password(self, password: Password) -> str:
+        # Off the event loop (libsodium releases the GIL), and bounded in number.
+        async with self._hash_slots:
+            return await asyncio.to_thread(hash_password, password)
+
+    async def verify_password(self, stored: str, password: str) -> None:
+        async with self._hash_slots:
+            await asyncio.to_thread(verify_password, stored, password)
+
+    def audit(
+        self, session: AsyncSession, actor: str, action: str, *, case_id: str | None = None, detail: str = ""
+    ) -> None:
+        """Add an audit row to ``session``'s transaction: it commits with the change it records, or not at all."""
+        session.add(AuditEvent(day=self.today(), actor=actor, action=action, case_id=case_id, detail=detail[:200]))
+
+
+STAFF = web.AppKey("staff", Staff)
+
+
+def staff_of(request: web.Request) -> Staff:
+    return request.app[STAFF]

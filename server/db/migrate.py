@@ -2,8 +2,14 @@
 
 from __future__ import annotations
 
-from alembic import command
+import asyncio
+
+from alembic import command, context
 from alembic.config import Config
+from sqlalchemy import MetaData
+from sqlalchemy.engine import Connection
+
+from .engine import make_engine
 
 
 def alembic_config(url: str) -> Config:
@@ -26,3 +32,36 @@ def downgrade(url: str, revision: str) -> None:
 def check(url: str) -> None:
     """Raise unless the migrated schema matches the models (``alembic check``)."""
     command.check(alembic_config(url))
+
+
+def run_environment(target_metadata: MetaData, *, version_table: str = "alembic_version") -> None:
+    """What an ``env.py`` does: run the migrations online, on our async engine for the configured URL.
+
+    ``compare_type`` and ``compare_server_default`` make ``alembic check`` catch
+    every drift between models and schema; SQLite needs batch mode to alter tables.
+    """
+    if context.is_offline_mode():
+        raise SystemExit("offline (SQL script) migrations are not supported; run against a database")
+
+    def run(connection: Connection) -> None:
+        context.configure(
+            connection=connection,
+            target_metadata=target_metadata,
+            version_table=version_table,
+            compare_type=True,
+            compare_server_default=True,
+            render_as_batch=connection.dialect.name == "sqlite",
+        )
+        with context.begin_transaction():
+            context.run_migrations()
+
+    async def online() -> None:
+        engine = make_engine(context.config.get_main_option("sqlalchemy.url") or "")
+        try:
+            async with engine.connect() as connection:
+                await connection.run_sync(run)
+                await connection.commit()
+        finally:
+            await engine.dispose()
+
+    asyncio.run(online())

@@ -1,0 +1,121 @@
+"""Which directory the integration service trusts, and what it does when it cannot trust one.
+
+The service keeps the last log head it accepted in its data folder (like the
+applicant CLI's --state): a history that forks from it or rolls it back stops
+every delivery for good; an unreachable intake leaves the last verified
+directory in use only until it is too old.
+"""
+
+from __future__ import annotations
+
+import socket
+from dataclasses import dataclass, replace
+
+from safepassage.client.errors import ServerUnreachable
+from safepassage.client.trust import HeadState
+from safepassage.crypto.directory import Directory, IntegrationService
+from safepassage.crypto.errors import BadSignature, SafePassageError
+from safepassage.crypto.translog import MerkleLog, TreeHead, leaf_hash, root_hash
+
+from .deployment import Deployment
+from .helpers import signing_key
+from .integration_service import Integration
+
+
+async def _delivery_status(integration: Integration) -> tuple[int, str]:
+    before = await integration.snapshot()
+    answer = await integration.post(integration.package())
+    if answer.status != 201:
+        assert await integration.snapshot() == before
+        return answer.status, answer.body["error"]["code"]
+    return answer.status, ""
+
+
+async def test_the_remembered_head_follows_the_log(integration: Integration) -> None:
+    state = HeadState.load(integration.config.state_path)
+    assert state is not None
+    assert state.head.size == 1
+    await integration.publish(replace(integration.deployment.directory, version=2))
+    state = HeadState.load(integration.config.state_path)
+    assert state is not None
+    assert (state.head.size, state.version) == (2, 2)
+
+
+async def test_a_forked_log_stops_every_delivery(integration: Integration) -> None:
+    org = integration.org
+    # What the service remembers is a log of the same size with another first entry: a split view.
+    other, _ = org.publication(replace(integration.deployment.directory, organisation="Someone else"), MerkleLog())
+    leaves = (leaf_hash(other.to_bytes()),)
+    forged = HeadState(org.admin_set.fingerprint(), TreeHead(1, root_hash(leaves), 1_700_000_000), 1, leaves)
+    forged.save(integration.config.state_path)
+    await integration.service.keeper.refresh()
+    assert await _delivery_status(integration) == (503, "directory_untrusted")
+    # It does not recover by itself, and the evidence is kept.
+    await integration.service.keeper.refresh()
+    assert await _delivery_status(integration) == (503, "directory_untrusted")
+    assert HeadState.load(integration.config.state_path) == forged
+
+
+async def test_a_rolled_back_log_stops_every_delivery(integration: Integration) -> None:
+    state = HeadState.load(integration.config.state_path)
+    assert state is not None
+    # The service once saw a longer log than the intake shows now.
+    leaves = (*state.leaves, leaf_hash(b"a later directory"))
+    longer = HeadState(state.org, TreeHead(2, root_hash(leaves), state.head.timestamp), 2, leaves)
+    longer.save(integration.config.state_path)
+    await integration.service.keeper.refresh()
+    assert await _delivery_status(integration) == (503, "directory_untrusted")
+
+
+@dataclass
+class Scripted:
+    """A directory source that answers from a script (injected as the brief allows for tests)."""
+
+    answers: list[Directory | SafePassageError]
+
+    async def fetch(self) -> Directory:
+        answer = self.answers.pop(0) if len(self.answers) > 1 else self.answers[0]
+        if isinstance(answer, SafePassageError):
+            raise answer
+        return answer
+
+
+async def test_an_unreachable_intake_leaves_the_directory_in_use_until_it_is_too_old(
+    start_service, deployment: Deployment
+) -> None:
+    source = Scripted([deployment.directory, ServerUnreachable("timed out")])
+    async with start_service(source) as integration:
+        assert await _delivery_status(integration) == (201, "")
+        keeper = integration.service.keeper
+        await keeper.refresh()  # unreachable: the verified directory stays
+        assert await _delivery_status(integration) == (201, "")
+        verified_at = keeper._verified_at
+        keeper.clock = lambda: verified_at + integration.config.directory_max_age_seconds + 1
+        assert await _delivery_status(integration) == (503, "no_directory")
+
+
+async def test_a_failed_check_drops_the_directory_at_once(start_service, deployment: Deployment) -> None:
+    source = Scripted([deployment.directory, BadSignature("a tree head")])
+    async with start_service(source) as integration:
+        assert await _delivery_status(integration) == (201, "")
+        await integration.service.keeper.refresh()
+        assert await _delivery_status(integration) == (503, "no_directory")
+
+
+async def test_a_directory_naming_another_service_key_is_not_used(start_service, deployment: Deployment) -> None:
+    other = replace(
+        deployment.directory,
+        integration=IntegrationService(
+            signing_key("someone else's service").verify_key, deployment.directory.integration.encryption_keys
+        ),
+    )
+    async with start_service(Scripted([other])) as integration:
+        assert await _delivery_status(integration) == (503, "no_directory")
+
+
+async def test_the_service_starts_without_an_intake_and_refuses_until_it_has_a_directory(start_service) -> None:
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        closed = f"http://127.0.0.1:{s.getsockname()[1]}"
+    async with start_service(None, intake_url=closed) as integration:
+        assert await _delivery_status(integration) == (503, "no_directory")

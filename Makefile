@@ -5,7 +5,7 @@ VENV := .venv
 BIN := $(VENV)/bin
 STAMP := $(VENV)/.installed
 
-.PHONY: system-deps setup test lint typecheck unit bench vectors clean
+.PHONY: system-deps setup demo test lint typecheck unit bench vectors clean
 
 $(BIN)/python:
 	$(PY) -m venv $(VENV)
@@ -25,6 +25,9 @@ setup: system-deps $(STAMP)
 	@# New source files need a fresh link tree; this is quick once deps are there.
 	@$(BIN)/python -m pip install --quiet --no-deps --no-build-isolation -e . --config-settings editable_mode=strict \
 		> $(VENV)/relink.log 2>&1 || { cat $(VENV)/relink.log; exit 1; }
+
+demo: setup
+	$(BIN)/safepassage demo
 
 lint: setup
 	$(BIN)/ruff check .

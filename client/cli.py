@@ -17,8 +17,12 @@ import click
 from safepassage.crypto.directory import SignedDirectory, verify_genesis
 from safepassage.crypto.errors import SafePassageError
 from safepassage.server.cli import server
+from safepassage.server.staff.cli import staff
 
 from .contact_cli import contact
+from .demo import demo
+from .handler_cli import handler
+from .integration_cli import integration
 from .render import describe_directory
 
 
@@ -53,7 +57,11 @@ def directory_show(path: Path, org_fingerprint: str) -> None:
 
 
 cli.add_command(server)
+cli.add_command(staff)
 cli.add_command(contact)
+cli.add_command(integration)
+cli.add_command(handler)
+cli.add_command(demo)
 
 
 def main(argv: list[str] | None = None) -> int:

@@ -1,0 +1,527 @@
+"""``safepassage demo``: the whole flow on this machine, over real HTTP on loopback, on SQLite.
+
+A DEMONSTRATION: every key here is fresh and thrown away, the passphrases are
+written next to their vaults (labelled DEMO ONLY), and everything runs in one
+process on 127.0.0.1. It uses the real library functions and the real apps:
+
+* three admins (2 of 3 must sign) keep their signing keys in vaults and sign
+  the directory and the tree heads of its log;
+* ``server init`` and ``integration init`` make the server's and the
+  integration service's folders, keys and databases;
+* two handlers enrol with invitations and TOTP, and are listed in the "general" pool;
+* an applicant sends a contact with an attachment; the owner handler logs in,
+  reads and replies; the applicant reads the reply with the codename; the
+  handler escalates; the integration officer reads the package;
+* finally: what the server holds for the case, and that neither the server's
+  nor the integration service's folder holds the applicant's text.
+
+Each party keeps its state in its own subfolder of the work folder:
+``server/``, ``integration/``, ``handlers/<name>/``, ``admins/<name>/``, ``applicant/``.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import os
+import secrets
+import shutil
+import socket
+import tempfile
+import time
+from collections.abc import Callable, Iterator, Sequence
+from contextlib import AsyncExitStack
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Final
+
+import click
+import pyotp
+from aiohttp import web
+from sqlalchemy import func, select
+
+from safepassage.crypto.directory import (
+    Directory,
+    Handler,
+    IntegrationService,
+    Pool,
+    SignedDirectory,
+    sign_directory,
+)
+from safepassage.crypto.keys import SigningKey, VerifyKey
+from safepassage.crypto.privatefile import write_private
+from safepassage.crypto.threshold import KeySet
+from safepassage.crypto.translog import MerkleLog, SignedTreeHead, TreeHead, sign_tree_head
+from safepassage.crypto.vault import MIN_MEMLIMIT, MIN_OPSLIMIT, Passphrase, VaultContents, create_vault, open_vault
+from safepassage.server.app import create_app
+from safepassage.server.config import load_config, write_config
+from safepassage.server.context import INTAKE
+from safepassage.server.db import migrate
+from safepassage.server.db.engine import Store, make_engine
+from safepassage.server.db.models import Chunk
+from safepassage.server.db.models import Contact as ContactRow
+from safepassage.server.directory_store import publish
+from safepassage.server.integration import create_integration_app
+from safepassage.server.integration.bootstrap import init_data_dir, plan_init
+from safepassage.server.integration.config import load_integration_config
+from safepassage.server.integration.directory import IntakeDirectorySource
+from safepassage.server.integration.keys import open_officer_keys
+from safepassage.server.keys import create_keys
+from safepassage.server.staff.accounts import create_invitation
+from safepassage.server.staff.app import create_staff_app
+from safepassage.server.staff.context import STAFF
+
+from .applicant import SentContact, check_mailbox, send_contact
+from .handler import enroll, escalate, inbox, login, read_case, reply
+from .handler_vault import HandlerPaths, read_enrolment_document
+from .intake_api import IntakeClient
+from .officer import complete_package, read_package
+from .staff_api import StaffEnrolment
+from .trust import fetch_trusted_directory
+
+ADMINS: Final = ("ada", "bram", "cleo")
+THRESHOLD: Final = 2
+HANDLERS: Final = ("dana", "emil")
+POOL: Final = "general"
+ADMIN_ENTRY: Final = "admin-signing-key"
+DEFAULT_MESSAGE: Final = (
+    "I am a ministry engineer with the plant drawings. I want to leave with my family. "
+    "Quietly, please: marmalade-heron-4471."
+)
+REPLY_TEXT: Final = "We have your message and will write again within two days. Do not carry the drawings. (demo)"
+NOTE: Final = "Demo assessment: consistent story, asks for a family plan. (demo)"
+DEMO_LABEL: Final = "DEMO ONLY: a real passphrase is never written next to its vault.\n"
+
+Echo = Callable[[str], None]
+
+
+class DemoFailed(click.ClickException):
+    """The demonstration found plaintext where there must be none."""
+
+    exit_code = 1
+
+
+def _private_dir(path: Path) -> Path:
+    path.mkdir(mode=0o700, parents=True, exist_ok=False)
+    return path
+
+
+def _new_passphrase() -> Passphrase:
+    return Passphrase("demo-only " + secrets.token_urlsafe(24))
+
+
+def _write_demo_passphrase(path: Path, passphrase: Passphrase) -> None:
+    write_private(path, (DEMO_LABEL + passphrase + "\n").encode(), replace=False)
+
+
+def _read_demo_passphrase(path: Path) -> Passphrase:
+    return Passphrase(path.read_text(encoding="utf-8").splitlines()[1])
+
+
+def _bound_socket() -> socket.socket:
+    sock = socket.socket(socket.AF_INET, socket.SOCK_STREAM)
+    sock.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)
+    sock.bind(("127.0.0.1", 0))
+    return sock
+
+
+def _url(sock: socket.socket) -> str:
+    host, port = sock.getsockname()[:2]
+    return f"http://{host}:{port}"
+
+
+async def _serve(stack: AsyncExitStack, app: web.Application, sock: socket.socket) -> None:
+    runner = web.AppRunner(app, access_log=None)
+    await runner.setup()
+    stack.push_async_callback(runner.cleanup)
+    await web.SockSite(runner, sock).start()
+
+
+@dataclass
+class _Admins:
+    """The three admins: each signing key in its own vault under admins/<name>/."""
+
+    folders: dict[str, Path]
+
+    def vault(self, name: str) -> Path:
+        return self.folders[name] / "admin.vault"
+
+    def key(self, name: str) -> SigningKey:
+        passphrase = _read_demo_passphrase(self.folders[name] / "DEMO-ONLY-passphrase.txt")
+        return SigningKey.from_seed_bytes(open_vault(self.vault(name), passphrase).get(ADMIN_ENTRY))
+
+    def sign(self, directory: Directory, log: MerkleLog, signers: Sequence[str]) -> tuple[bytes, SignedTreeHead]:
+        """The signed directory and a tree head over ``log`` with it appended (``log`` is not changed)."""
+        keys = [self.key(name) for name in signers]
+        signed = sign_directory(directory, keys)
+        extended = MerkleLog(log.leaf_hashes())
+        extended.append(signed.to_bytes())
+        head = TreeHead(extended.size, extended.root(), int(time.time()))
+        signatures = tuple(sorted((sign_tree_head(head, k) for k in keys), key=lambda s: s.key_id.raw))
+        return signed.to_bytes(), SignedTreeHead(head, signatures)
+
+
+def _make_admins(root: Path) -> tuple[_Admins, KeySet]:
+    folders: dict[str, Path] = {}
+    verify_keys: list[VerifyKey] = []
+    for name in ADMINS:
+        folder = _private_dir(root / name)
+        key = SigningKey.generate()
+        passphrase = _new_passphrase()
+        contents = VaultContents({ADMIN_ENTRY: key.seed_bytes_raw()})
+        create_vault(folder / "admin.vault", passphrase, contents, opslimit=MIN_OPSLIMIT, memlimit=MIN_MEMLIMIT)
+        _write_demo_passphrase(folder / "DEMO-ONLY-passphrase.txt", passphrase)
+        folders[name] = folder
+        verify_keys.append(key.verify_key)
+    return _Admins(folders), KeySet(tuple(verify_keys), THRESHOLD)
+
+
+def _files(root: Path, skip: Sequence[Path] = ()) -> Iterator[Path]:
+    for path in sorted(root.rglob("*")):
+        if path.is_file() and not any(path.is_relative_to(s) for s in skip):
+            yield path
+
+
+def _needles(message: str) -> list[tuple[str, bytes]]:
+    words = sorted((w.strip(".,;:!?()\"'") for w in message.split()), key=len, reverse=True)
+    found = [("the applicant's message", message.encode())]
+    if words and len(words[0]) >= 4:
+        found.append((f"the word {words[0]!r} from it", words[0].encode()))
+    found.append(("the handler's reply", REPLY_TEXT.encode()))
+    found.append(("the handler's assessment", NOTE.encode()))
+    return found
+
+
+class _Steps:
+    def __init__(self, echo: Echo) -> None:
+        self.echo = echo
+        self.n = 0
+        self.started = time.monotonic()
+
+    def step(self, title: str) -> None:
+        self.n += 1
+        self.echo("")
+        self.echo(f"[{self.n:2d}] {title}   (+{time.monotonic() - self.started:.1f} s)")
+
+    def say(self, text: str) -> None:
+        self.echo(f"     {text}")
+
+
+@dataclass(frozen=True, slots=True)
+class _HandlerLogin:
+    """What one handler knows and holds (kept in memory by the demo, never printed)."""
+
+    paths: HandlerPaths
+    password: str
+    passphrase: Passphrase
+    totp_secret: str
+
+
+class _Demo:
+    """The parties of one run; each phase is a method, in the order of :func:`run_demo`."""
+
+    def __init__(self, workdir: Path, message: str, out: _Steps) -> None:
+        self.workdir, self.message, self.out = workdir, message, out
+        self.server_dir, self.integration_dir = workdir / "server", workdir / "integration"
+        self.sockets = {name: _bound_socket() for name in ("intake", "staff", "integration")}
+        self.intake_url, self.staff_url, self.integration_url = (
+            _url(self.sockets[n]) for n in ("intake", "staff", "integration")
+        )
+        self.handlers: dict[str, _HandlerLogin] = {}
+
+    # --- the organisation ---------------------------------------------------------------------------------
+
+    async def found_organisation(self) -> None:
+        out = self.out
+        out.step("Three admins make their signing keys (any 2 of the 3 must sign)")
+        self.admins, self.admin_set = _make_admins(_private_dir(self.workdir / "admins"))
+        self.fingerprint = self.admin_set.fingerprint()
+        for name in ADMINS:
+            out.say(f"{name}: key in admins/{name}/admin.vault (passphrase beside it, DEMO ONLY)")
+        out.say(f"organisation fingerprint (everyone pins this, out of band): {self.fingerprint}")
+
+        out.step("The operator runs `server init`: config, server keys, database")
+        _private_dir(self.server_dir)
+        write_config(self.server_dir, org_fingerprint=self.fingerprint)
+        self.config = load_config(self.server_dir)
+        self.keys = create_keys(self.config.keys_dir)
+        await asyncio.to_thread(migrate.upgrade, self.config.url)
+        out.say(f"server/: SQLite database and keys/ (0600); receipt key {self.keys.receipt.verify_key.fingerprint()}")
+
+        out.step("The integration officer runs `integration init`: service key, database, officer's vault")
+        plan = plan_init(self.integration_dir, org_fingerprint=self.fingerprint, intake_url=self.intake_url)
+        self.officer_passphrase = _new_passphrase()
+        self.integration = await asyncio.to_thread(init_data_dir, plan, self.officer_passphrase)
+        _write_demo_passphrase(self.integration_dir / "DEMO-ONLY-officer-passphrase.txt", self.officer_passphrase)
+        self.integration_config = load_integration_config(self.integration_dir)
+        out.say(f"integration/: signing key {self.integration.signing_key.fingerprint()}")
+        count = len(self.integration.encryption_keys)
+        out.say(f"officer's encryption key(s) in {self.integration.vault_path.name}: {count}")
+
+    def directory(self, version: int, handlers: tuple[Handler, ...]) -> Directory:
+        return Directory(
+            version=version,
+            issued=int(time.time()),
+            organisation="Safe Passage DEMONSTRATION (not a real organisation)",
+            admins=self.admin_set,
+            pools=(Pool(POOL, "General", ("en", "ru")),),
+            handlers=handlers,
+            integration=IntegrationService(self.integration.signing_key, self.integration.encryption_keys),
+            receipt_key=self.keys.receipt.verify_key,
+            policy={"intake_key_days": 7},
+        )
+
+    async def admins_publish(self, version: int, handlers: tuple[Handler, ...], log: MerkleLog) -> None:
+        signers = ADMINS[:THRESHOLD]
+        raw, head = self.admins.sign(self.directory(version, handlers), log, signers)
+        self.published = await publish(
+            self.store,
+            SignedDirectory.from_bytes(raw),
+            head,
+            org_fingerprint=self.config.org_fingerprint,
+            receipt_key=self.keys.receipt.verify_key,
+        )
+        self.out.say(f"signed by {' and '.join(signers)} (2 of 3): directory and tree head; log size {head.head.size}")
+
+    async def start_intake_and_staff(self, stack: AsyncExitStack) -> None:
+        self.store = Store(make_engine(self.config.url))
+        stack.push_async_callback(self.store.close)
+        self.out.step("The admins publish directory version 1: pool 'general', integration keys, receipt key")
+        await self.admins_publish(1, (), MerkleLog())
+
+        self.out.step("The intake server and the staff app start (in this process, on loopback)")
+        self.intake_app = create_app(self.config, store=self.store)
+        self.staff_app = create_staff_app(self.config, store=self.store)
+        await _serve(stack, self.intake_app, self.sockets["intake"])
+        await _serve(stack, self.staff_app, self.sockets["staff"])
+        self.out.say(f"public intake: {self.intake_url}    staff API: {self.staff_url}")
+
+    async def enrol(self, name: str) -> None:
+        code, _ = await create_invitation(
+            self.store,
+            username=name,
+            role="handler",
+            now=int(time.time()),
+            day=self.staff_app[STAFF].today(),
+            actor="operator",
+        )
+        home = _private_dir(self.workdir / "handlers" / name)
+        paths = HandlerPaths(home / f"{name}.vault")
+        password, passphrase = secrets.token_urlsafe(18), _new_passphrase()
+        _write_demo_passphrase(home / "DEMO-ONLY-passphrase.txt", passphrase)
+        secret: list[str] = []
+
+        def authenticator(answer: StaffEnrolment) -> str:
+            # The handler's authenticator app: it reads the secret and shows the current code.
+            secret.append(answer.totp_secret.reveal())
+            return pyotp.TOTP(secret[-1]).now()
+
+        done = await enroll(
+            staff=self.staff_url,
+            invitation=code,
+            password=password,
+            vault=paths.vault,
+            passphrase=passphrase,
+            intake=self.intake_url,
+            org=self.fingerprint,
+            totp_code=authenticator,
+            opslimit=MIN_OPSLIMIT,
+            memlimit=MIN_MEMLIMIT,
+        )
+        self.handlers[name] = _HandlerLogin(paths, password, passphrase, secret[0])
+        self.out.say(f"{name}: enrolled; identity {done.identity_fingerprint[:23]}...; vault and intake-key.json")
+
+    async def enrol_handlers(self) -> None:
+        self.out.step(f"Two handlers enrol with invitations and TOTP: {', '.join(HANDLERS)}")
+        handlers_dir = _private_dir(self.workdir / "handlers")
+        handlers_dir.chmod(0o700)
+        for name in HANDLERS:
+            await self.enrol(name)
+        self.out.step("The admins list both handlers (from their intake-key.json) and publish directory version 2")
+        listed = []
+        for name in HANDLERS:
+            handler_id, identity, entry = read_enrolment_document(self.handlers[name].paths.intake_key)
+            listed.append(Handler(handler_id, handler_id.title(), VerifyKey(identity), (POOL,), (entry,)))
+        await self.admins_publish(2, tuple(listed), self.published.log)
+        await self.intake_app[INTAKE].refresh()
+        await self.staff_app[STAFF].refresh()
+
+    async def start_integration(self, stack: AsyncExitStack) -> None:
+        self.out.step("The integration service starts and fetches the directory from the intake")
+        await _serve(stack, create_integration_app(self.integration_config), self.sockets["integration"])
+        self.out.say(f"integration service: {self.integration_url}")
+
+    # --- the case -----------------------------------------------------------------------------------------
+
+    async def applicant_sends(self) -> SentContact:
+        out = self.out
+        out.step("An applicant sends a first contact with an attachment (over Tor in real life)")
+        applicant_dir = _private_dir(self.workdir / "applicant")
+        attachment = applicant_dir / "scan-page-1.bin"
+        attachment.write_bytes(b"DEMO attachment: random bytes standing in for a scanned page\n" + os.urandom(40_000))
+        async with IntakeClient(self.intake_url) as client:
+            trusted = await fetch_trusted_directory(client, self.fingerprint, None, int(time.time()))
+            sent = await send_contact(
+                client, trusted, pool=POOL, language="en", message=self.message, fields={}, attachments=[attachment]
+            )
+        out.say(f"delivered, receipt verified; case {sent.contact_id}, day {sent.receipt.day}")
+        out.say("the codename, shown once to the applicant (they keep it in their head):")
+        out.say(f"    {sent.codename.reveal()}")
+        return sent
+
+    async def handler_reads_and_replies(self, sent: SentContact) -> _HandlerLogin:
+        out = self.out
+        async with self.store.read() as session:
+            owner = await session.scalar(select(ContactRow.owner).where(ContactRow.id == sent.contact_id))
+        if owner not in self.handlers:
+            raise DemoFailed(f"the case went to an unexpected owner: {owner!r}")
+        handler = self.handlers[owner]
+        out.step(f"The server routed the case to {owner}; {owner} logs in with password and TOTP")
+        # The next code: the one used at enrolment is not accepted twice.
+        code = pyotp.TOTP(handler.totp_secret).at(int(time.time()) + 30)
+        await login(handler.paths, password=handler.password, code=code)
+        for case in await inbox(handler.paths):
+            out.say(f"inbox: case {case.case_id}  pool {case.pool}  {case.attachments} attachment(s)  {case.status}")
+
+        out.step(f"{owner} reads the case on their own machine (decrypted only there)")
+        case_dir = handler.paths.vault.parent / f"case-{sent.contact_id}"
+        reading = await read_case(handler.paths, handler.passphrase, sent.contact_id, case_dir)
+        out.say(f"written to handlers/{owner}/{case_dir.name}/")
+        for check in reading.verified:
+            out.say(f"verified: {check}")
+        out.say(f"the message ({len(reading.contact.message)} characters) and {len(reading.attachments)} attachment(s)")
+
+        out.step(f"{owner} replies (sealed to the applicant's reply key, signed by {owner})")
+        posted = await reply(handler.paths, handler.passphrase, sent.contact_id, REPLY_TEXT)
+        out.say(f"reply {posted.message_id} stored on the server, sealed")
+        return handler
+
+    async def applicant_reads_reply(self, sent: SentContact) -> None:
+        self.out.step("The applicant checks the mailbox with the codename")
+        async with IntakeClient(self.intake_url) as client:
+            trusted = await fetch_trusted_directory(client, self.fingerprint, None, int(time.time()))
+            replies = await check_mailbox(client, trusted, sent.codename)
+        for got in replies:
+            self.out.say(f"from {got.handler_id} (signature verified): {got.text}")
+        if not any(got.text == REPLY_TEXT for got in replies):
+            raise DemoFailed("the applicant did not find the reply")
+
+    async def escalate_and_read(self, sent: SentContact, handler: _HandlerLogin) -> None:
+        out = self.out
+        out.step(f"{handler.paths.vault.stem} escalates the case to the integration service")
+        escalated = await escalate(
+            handler.paths, handler.passphrase, sent.contact_id, NOTE, integration=self.integration_url
+        )
+        out.say(f"package {escalated.package_id}: {escalated.attachments} attachment(s), receipt verified")
+
+        out.step("The integration officer reads the package with the officer's vault")
+        config = self.integration_config
+        store = Store(make_engine(config.url))
+        try:
+            package = await complete_package(store, escalated.package_id)
+            keys = await asyncio.to_thread(open_officer_keys, config.vault_path, self.officer_passphrase)
+            directory = await IntakeDirectorySource(config, remember=False).fetch()
+            opened = await read_package(store, package, keys, directory, self.integration_dir / "read")
+        finally:
+            await store.close()
+        out.say(f"written to integration/read/: case.txt and {len(opened.files)} file(s)")
+        out.say(f"signed by handler {opened.handler_id}, as listed in directory version {opened.directory_version}")
+        out.say(f"the applicant's signature holds; {len(opened.replies)} reply(ies) signed by listed handlers")
+
+    async def server_holds(self, sent: SentContact) -> None:
+        self.out.step("What the server holds for this case")
+        async with self.store.read() as session:
+            row = await session.get(ContactRow, sent.contact_id)
+            chunks = await session.scalar(
+                select(func.count()).select_from(Chunk).where(Chunk.contact_id == sent.contact_id)
+            )
+        if row is None:
+            raise DemoFailed("the case is not in the server's database")
+        self.out.say(f"pool {row.pool}, day {row.day.isoformat()} (no time of day), size bucket {row.bucket}")
+        self.out.say(f"sealed envelope {len(row.envelope)} bytes, {chunks} sealed attachment chunk(s)")
+        self.out.say(f"status {row.status}, owner {row.owner}")
+
+    # --- the check ----------------------------------------------------------------------------------------
+
+    def scan(self) -> list[str]:
+        out = self.out
+        out.step("Looking for plaintext in every file under server/ and integration/")
+        skip = (self.integration_dir / "read", self.integration_dir / "DEMO-ONLY-officer-passphrase.txt")
+        out.say("(integration/read/ is the officer's decrypted copy, on the officer's machine: not scanned)")
+        files = [*_files(self.server_dir), *_files(self.integration_dir, skip)]
+        found = []
+        for path in files:
+            data = path.read_bytes()
+            for what, needle in _needles(self.message):
+                if needle in data:
+                    found.append(f"{what} in {path.relative_to(self.workdir)}")
+        out.say(f"{len(files)} file(s), {sum(p.stat().st_size for p in files)} bytes scanned")
+        for line in found:
+            out.say(f"FOUND: {line}")
+        if not found:
+            out.say("none found: the server and the integration service hold no plaintext")
+        return found
+
+
+async def run_demo(workdir: Path, message: str, echo: Echo) -> bool:
+    """Run the whole flow in ``workdir`` (an empty or new folder); return True when no plaintext was found."""
+    out = _Steps(echo)
+    echo("Safe Passage: a DEMONSTRATION on this machine (loopback HTTP, SQLite). Nothing here is for real use.")
+    echo(f"Work folder: {workdir}")
+    os.umask(0o077)
+    workdir.mkdir(mode=0o700, parents=True, exist_ok=True)
+    demo = _Demo(workdir, message, out)
+    await demo.found_organisation()
+    async with AsyncExitStack() as stack:
+        await demo.start_intake_and_staff(stack)
+        await demo.enrol_handlers()
+        await demo.start_integration(stack)
+        sent = await demo.applicant_sends()
+        handler = await demo.handler_reads_and_replies(sent)
+        await demo.applicant_reads_reply(sent)
+        await demo.escalate_and_read(sent, handler)
+        await demo.server_holds(sent)
+    # The apps have stopped and closed their databases: scan what is on disk.
+    found = demo.scan()
+    echo("")
+    echo(f"Demonstration finished in {time.monotonic() - out.started:.1f} s.")
+    return not found
+
+
+@click.command()
+@click.option(
+    "--workdir",
+    type=click.Path(file_okay=False, path_type=Path),
+    default=None,
+    help="Folder for every party's state (must be empty or new); a temporary folder by default.",
+)
+@click.option("--keep", is_flag=True, help="Leave the work folder in place at the end.")
+@click.option(
+    "--message-file",
+    type=click.Path(exists=True, dir_okay=False, path_type=Path),
+    default=None,
+    help="The applicant's message (UTF-8 text); a sample message by default.",
+)
+def demo(workdir: Path | None, keep: bool, message_file: Path | None) -> None:
+    """Run the whole flow on this machine (a demonstration: loopback HTTP, SQLite, throwaway keys)."""
+    message = DEFAULT_MESSAGE if message_file is None else message_file.read_text(encoding="utf-8").strip()
+    if not message:
+        raise click.UsageError("the message file is empty")
+    if workdir is None:
+        folder = Path(tempfile.mkdtemp(prefix="safepassage-demo-"))
+        made = True
+    else:
+        if workdir.exists() and any(workdir.iterdir()):
+            raise click.UsageError(f"{workdir} is not empty; choose a new or empty folder")
+        made = not workdir.exists()
+        folder = workdir
+    clean = False
+    try:
+        clean = asyncio.run(run_demo(folder, message, click.echo))
+    finally:
+        if keep or not made:
+            click.echo(f"The work folder is kept: {folder}")
+        else:
+            shutil.rmtree(folder, ignore_errors=True)
+            click.echo("The work folder was deleted.")
+    if not clean:
+        raise DemoFailed("plaintext was found in the server's or the integration service's files")

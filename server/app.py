@@ -48,10 +48,7 @@ async def housekeeping(app: Intake) -> dict[str, int]:
         orphans = await session.execute(delete(Mailbox).where(~Mailbox.id.in_(select(Contact.mailbox_id))))
         spent = await session.execute(delete(SpentChallenge).where(SpentChallenge.expires <= now - CLOCK_SKEW_MARGIN))
         nonces = await session.execute(delete(MailboxNonce).where(MailboxNonce.expires <= now))
-    if app.store.is_sqlite:
-        # Deleted rows also live in the write-ahead log until it is checkpointed.
-        async with app.store.engine.connect() as conn:
-            await conn.exec_driver_sql("PRAGMA wal_checkpoint(TRUNCATE)")
+    await app.store.checkpoint()
     await app.refresh()
     return {
         "expired_pending_contacts": pending.rowcount,  # type: ignore[attr-defined]

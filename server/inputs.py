@@ -12,10 +12,11 @@ import hashlib
 
 from aiohttp import web
 
+from safepassage.crypto import envelope as E
 from safepassage.crypto.encoding import b64d
-from safepassage.crypto.errors import MalformedInput
+from safepassage.crypto.errors import MalformedInput, SafePassageError
 
-from .errors import ApiError, bad_request
+from .errors import ApiError, bad_request, from_crypto
 
 OCTET = "application/octet-stream"
 
@@ -78,3 +79,24 @@ async def read_binary(request: web.Request, limit: int, *, exact: int | None = N
     if exact is not None and len(body) != exact:
         raise bad_request(f"The body must be exactly {exact} bytes.", "malformed_chunk")
     return body
+
+
+async def read_chunk_frame(request: web.Request, attachment: int, index: int) -> tuple[bytes, E.ChunkFrame]:
+    """One attachment chunk frame (docs/protocol.md 5.1) whose fields match its URL."""
+    frame = await read_binary(request, E.CHUNK_LEN, exact=E.CHUNK_LEN)
+    try:
+        fields = E.parse_chunk_frame(frame)
+    except SafePassageError as exc:
+        raise from_crypto(exc, 400, "malformed_chunk") from None
+    if (fields.attachment, fields.index) != (attachment, index):
+        raise bad_request("The chunk frame does not match its URL.", "malformed_chunk")
+    return frame, fields
+
+
+def check_chunk_order(last_index: int | None, last_final: bool, index: int) -> None:
+    """Chunks of one attachment arrive in order, and none after the final one."""
+    if last_final:
+        raise ApiError(409, "attachment_complete", "This attachment already has its final chunk.")
+    expected = 0 if last_index is None else last_index + 1
+    if index != expected:
+        raise ApiError(409, "chunk_out_of_order", f"Expected chunk {expected} of this attachment.")

@@ -42,6 +42,7 @@ from safepassage.crypto.translog import MAX_PROOF_LEN
 from .context import Intake, intake_of
 from .db.models import Chunk, Contact, Mailbox, MailboxNonce, Message, SpentChallenge
 from .errors import ApiError, bad_request, from_crypto
+from .inputs import check_chunk_order, read_chunk_frame
 from .inputs import header_bytes as _header_bytes
 from .inputs import path_int as _path_int
 from .inputs import query_int as _query_int
@@ -403,13 +404,7 @@ async def upload_chunk(request: web.Request) -> web.Response:
         contact = await _pending_contact(session, request, contact_id)
         if contact.state != "pending":
             raise ApiError(409, "already_complete", "This contact is already complete.")
-    frame = await _read_binary(request, E.CHUNK_LEN, exact=E.CHUNK_LEN)
-    try:
-        fields = E.parse_chunk_frame(frame)
-    except SafePassageError as exc:
-        raise from_crypto(exc, 400, "malformed_chunk") from None
-    if (fields.attachment, fields.index) != (attachment, index):
-        raise bad_request("The chunk frame does not match its URL.", "malformed_chunk")
+    frame, fields = await read_chunk_frame(request, attachment, index)
     async with _writing(app) as session:
         contact = await _pending_contact(session, request, contact_id)
         if contact.state != "pending":
@@ -422,11 +417,7 @@ async def upload_chunk(request: web.Request) -> web.Response:
             .order_by(Chunk.index.desc())
             .limit(1)
         )
-        if last is not None and last.final:
-            raise ApiError(409, "attachment_complete", "This attachment already has its final chunk.")
-        expected = 0 if last is None else last.index + 1
-        if index != expected:
-            raise ApiError(409, "chunk_out_of_order", f"Expected chunk {expected} of this attachment.")
+        check_chunk_order(None if last is None else last.index, last is not None and last.final, index)
         total = await session.scalar(select(func.count()).select_from(Chunk).where(Chunk.contact_id == contact_id))
         if ((total or 0) + 1) * E.CHUNK_LEN > app.config.max_contact_bytes:
             raise ApiError(413, "contact_too_large", "The attachments exceed the size limit for one contact.")

@@ -63,5 +63,12 @@ class Store:
         async with self.sessions() as session:
             yield session
 
+    async def checkpoint(self) -> None:
+        """After deletions: SQLite keeps deleted rows in its write-ahead log until
+        it is checkpointed; truncate it so they are gone from disk too."""
+        if self.is_sqlite:
+            async with self.engine.connect() as conn:
+                await conn.exec_driver_sql("PRAGMA wal_checkpoint(TRUNCATE)")
+
     async def close(self) -> None:
         await self.engine.dispose()

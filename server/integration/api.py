@@ -29,7 +29,16 @@ from safepassage.crypto.keys import SIGNATURE_LEN
 from safepassage.crypto.staffmsg import verify_delivery
 
 from ..errors import ApiError, bad_request, from_crypto
-from ..inputs import header_bytes, path_int, query_int, read_binary, round_up_hour, token_hash
+from ..inputs import (
+    check_chunk_order,
+    header_bytes,
+    path_int,
+    query_int,
+    read_binary,
+    read_chunk_frame,
+    round_up_hour,
+    token_hash,
+)
 from .context import IntegrationService, service_of
 from .models import Package, PackageChunk
 
@@ -178,13 +187,7 @@ async def upload_chunk(request: web.Request) -> web.Response:
     # nobody can make the service buffer a 1 MiB body.
     async with service.store.read() as session:
         _check_upload(await _upload_target(session, request, package_id), attachment)
-    frame = await read_binary(request, E.CHUNK_LEN, exact=E.CHUNK_LEN)
-    try:
-        fields = E.parse_chunk_frame(frame)
-    except SafePassageError as exc:
-        raise from_crypto(exc, 400, "malformed_chunk") from None
-    if (fields.attachment, fields.index) != (attachment, index):
-        raise bad_request("The chunk frame does not match its URL.", "malformed_chunk")
+    frame, fields = await read_chunk_frame(request, attachment, index)
     async with service.store.write() as session:
         # Again in the writing transaction: the package may have completed or expired meanwhile.
         _check_upload(await _upload_target(session, request, package_id), attachment)
@@ -194,11 +197,7 @@ async def upload_chunk(request: web.Request) -> web.Response:
             .order_by(PackageChunk.index.desc())
             .limit(1)
         )
-        if last is not None and last.final:
-            raise ApiError(409, "attachment_complete", "This attachment already has its final chunk.")
-        expected = 0 if last is None else last.index + 1
-        if index != expected:
-            raise ApiError(409, "chunk_out_of_order", f"Expected chunk {expected} of this attachment.")
+        check_chunk_order(None if last is None else last.index, last is not None and last.final, index)
         total = await session.scalar(
             select(func.count()).select_from(PackageChunk).where(PackageChunk.package_id == package_id)
         )

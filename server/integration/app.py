@@ -49,10 +49,8 @@ async def housekeeping(service: IntegrationService) -> int:
             delete(Package).where(Package.state == "pending", Package.upload_expires <= int(time.time()))
         )
     deleted = int(result.rowcount)  # type: ignore[attr-defined]
-    if deleted and service.store.is_sqlite:
-        # Deleted rows also live in the write-ahead log until it is checkpointed.
-        async with service.store.engine.connect() as conn:
-            await conn.exec_driver_sql("PRAGMA wal_checkpoint(TRUNCATE)")
+    if deleted:
+        await service.store.checkpoint()
     return deleted
 
 

@@ -47,10 +47,7 @@ async def housekeeping(staff: Staff) -> dict[str, int]:
             )
         )
         invitations = await session.execute(delete(StaffInvitation).where(StaffInvitation.expires <= now))
-    if staff.store.is_sqlite:
-        # Deleted rows also live in the write-ahead log until it is checkpointed.
-        async with staff.store.engine.connect() as conn:
-            await conn.exec_driver_sql("PRAGMA wal_checkpoint(TRUNCATE)")
+    await staff.store.checkpoint()
     await staff.refresh()
     return {
         "expired_sessions": sessions.rowcount,  # type: ignore[attr-defined]

@@ -8,6 +8,7 @@ goodbye. Every process is bounded in time and stopped by the test.
 
 from __future__ import annotations
 
+import asyncio
 import os
 import signal
 import socket
@@ -16,9 +17,20 @@ import sys
 import time
 import urllib.error
 import urllib.request
-from collections.abc import Sequence
+from collections.abc import Callable, Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
+
+from safepassage.crypto.directory import Directory, Handler
+from safepassage.crypto.translog import MerkleLog
+from safepassage.server.config import load_config, write_config
+from safepassage.server.db import migrate
+from safepassage.server.db.engine import Store, make_engine
+from safepassage.server.directory_store import publish
+from safepassage.server.keys import create_keys
+
+from .deployment import now_ts
+from .helpers import Org
 
 EXE = str(Path(sys.executable).with_name("safepassage"))
 #: Settings that keep the stream quick: the cheapest proof of work and limits no test reaches.
@@ -96,6 +108,39 @@ class Service:
 
     def stderr(self) -> str:
         return self.log.read_text(errors="replace") if self.log else ""
+
+
+def roster(org: Org, start: int) -> tuple[Handler, ...]:
+    return tuple(org.handler(h, ("general",), start=start) for h in org.handler_ids)
+
+
+def server_folder(root: Path, org: Org, database_url: str, directory: Callable[[int], Directory] | None = None) -> Path:
+    """A data folder as ``server init`` leaves it, with directory version 1 published (handlers valid now)."""
+    data = root / "server"
+    data.mkdir(mode=0o700)
+    values: dict[str, str | int] = {"org_fingerprint": org.admin_set.fingerprint()}
+    if database_url:
+        values["database_url"] = database_url
+    write_config(data, **values)
+    config = load_config(data)
+    keys = create_keys(config.keys_dir)
+    org.receipt = keys.receipt
+    migrate.upgrade(config.url)
+    start = now_ts() - 3600
+    first = (directory or (lambda start: org.directory(1, handlers=roster(org, start))))(start)
+    signed, head = org.publication(first, MerkleLog())
+
+    async def go() -> None:
+        store = Store(make_engine(config.url))
+        try:
+            await publish(
+                store, signed, head, org_fingerprint=config.org_fingerprint, receipt_key=keys.receipt.verify_key
+            )
+        finally:
+            await store.close()
+
+    asyncio.run(go())
+    return data
 
 
 def stop_all(services: Sequence[Service]) -> None:

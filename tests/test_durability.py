@@ -36,17 +36,12 @@ from safepassage.crypto.intake import AttachmentInfo
 from safepassage.crypto.intake import Contact as ContactPayload
 from safepassage.crypto.keys import HybridPrivateKey
 from safepassage.crypto.receipt import Receipt
-from safepassage.crypto.translog import MerkleLog
-from safepassage.server.config import load_config, write_config
-from safepassage.server.db import migrate
+from safepassage.server.config import load_config
 from safepassage.server.db.engine import Store, make_engine
 from safepassage.server.db.models import Chunk, Mailbox
 from safepassage.server.db.models import Contact as ContactRow
-from safepassage.server.directory_store import publish
-from safepassage.server.keys import create_keys
 
-from .deployment import now_ts
-from .durability import FAST, Service
+from .durability import FAST, Service, server_folder
 from .helpers import Org
 from .intake_calls import Applicant, seal_for
 
@@ -74,34 +69,6 @@ class Sent:
     uploads: dict[str, Upload] = field(default_factory=dict)
     known: set[str] = field(default_factory=set)  # every contact id the server told an applicant
     cut_off: int = 0
-
-
-def _server_folder(root: Path, org: Org, database_url: str) -> tuple[Path, dict[str, HybridPrivateKey]]:
-    data = root / "server"
-    data.mkdir(mode=0o700)
-    values: dict[str, str | int] = {"org_fingerprint": org.admin_set.fingerprint()}
-    if database_url:
-        values["database_url"] = database_url
-    write_config(data, **values)
-    config = load_config(data)
-    keys = create_keys(config.keys_dir)
-    org.receipt = keys.receipt
-    migrate.upgrade(config.url)
-    start = now_ts() - 3600
-    directory = org.directory(1, handlers=tuple(org.handler(h, ("general",), start=start) for h in org.handler_ids))
-    signed, head = org.publication(directory, MerkleLog())
-
-    async def go() -> None:
-        store = Store(make_engine(config.url))
-        try:
-            await publish(
-                store, signed, head, org_fingerprint=config.org_fingerprint, receipt_key=keys.receipt.verify_key
-            )
-        finally:
-            await store.close()
-
-    asyncio.run(go())
-    return data, dict(org.intake)
 
 
 class Stream:
@@ -268,7 +235,8 @@ def _running(service: Service) -> Iterator[Service]:
 
 async def test_contacts_survive_sigkill_mid_stream(tmp_path: Path, database_url: str) -> None:
     org = Org()
-    data, keys = await asyncio.to_thread(_server_folder, tmp_path, org, database_url)
+    data = await asyncio.to_thread(server_folder, tmp_path, org, database_url)
+    keys = dict(org.intake)
     url = load_config(data).url
     service = Service("server", data, "/api/v1/directory", env=dict(FAST))
     sent = Sent()

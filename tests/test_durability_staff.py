@@ -1,0 +1,308 @@
+"""Kill -9 in the middle of a handler's replies (staff app) and escalations (integration service).
+
+Everything runs as an operator runs it: ``safepassage server run``, ``staff
+run`` and ``integration run`` in processes of their own, on SQLite and on
+PostgreSQL (the integration service on a database of its own). The handler
+``dana`` enrols with the real client, the admins list her, an applicant writes
+with an attachment, and then:
+
+* dana replies again and again; once some replies were acknowledged the staff
+  process gets SIGKILL. After a restart every acknowledged reply is stored with
+  the hash dana's client sealed, the applicant's client opens and verifies it,
+  and every stored reply has its audit event (one transaction: both or neither);
+* dana escalates the case again and again (each a new package with its
+  attachment); once some receipts came back the integration service gets
+  SIGKILL. After a restart every receipted package is complete and the
+  officer's keys open and verify it; every escalation the staff app recorded
+  has its complete package; an interrupted package is pending with a gap-free
+  run of chunks (resumable until its window closes), never marked complete.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import datetime as dt
+import random
+import time
+from collections.abc import Awaitable, Callable
+from dataclasses import replace
+from pathlib import Path
+
+import aiohttp
+import pyotp
+import pytest
+from sqlalchemy import select, text, update
+
+from safepassage.client.applicant import check_mailbox, send_contact
+from safepassage.client.handler import Escalated, SentReply, enroll, escalate, login, reply
+from safepassage.client.handler_vault import HandlerPaths
+from safepassage.client.intake_api import IntakeClient
+from safepassage.client.officer import complete_package, read_package
+from safepassage.client.staff_api import StaffEnrolment
+from safepassage.client.trust import fetch_trusted_directory
+from safepassage.crypto import envelope as E
+from safepassage.crypto.directory import Directory, IntegrationService
+from safepassage.crypto.errors import SafePassageError
+from safepassage.crypto.vault import Passphrase
+from safepassage.server.config import load_config
+from safepassage.server.db.engine import Store, make_engine
+from safepassage.server.db.models import AuditEvent, EscalationRecord, Message
+from safepassage.server.db.models import Contact as ContactRow
+from safepassage.server.directory_store import load_published, publish
+from safepassage.server.integration.bootstrap import Initialised, init_data_dir, plan_init
+from safepassage.server.integration.config import load_integration_config
+from safepassage.server.integration.directory import IntakeDirectorySource
+from safepassage.server.integration.keys import open_officer_keys
+from safepassage.server.integration.models import Package, PackageChunk
+from safepassage.server.keys import load_keys
+from safepassage.server.staff.accounts import create_invitation
+
+from .deployment import now_ts
+from .durability import FAST, Service, roster, server_folder, stop_all
+from .handler_env import FLOOR, PASSPHRASE, PASSWORD, listed
+from .helpers import Org
+from .integration_service import integration_database
+
+pytestmark = pytest.mark.timeout(280)
+
+OFFICER = Passphrase("the officer's vault passphrase, for tests")
+CANARY = "canary-2f81c4: я шифровальщик посольства"
+ACKED_BEFORE_KILL = 4
+
+
+class World:
+    def __init__(self, root: Path, database_url: str, integration_url: str) -> None:
+        self.root, self.org = root, Org()
+        self.intake = Service("server", root / "server", "/api/v1/directory", env=dict(FAST))
+        self.staff = Service("staff", root / "server", "/")
+        self.integration = Service("integration", root / "integration", "/")
+        plan = plan_init(
+            root / "integration",
+            org_fingerprint=self.org.admin_set.fingerprint(),
+            intake_url=self.intake.url,
+            database_url=integration_url,
+        )
+        self.service: Initialised = init_data_dir(plan, OFFICER)
+        server_folder(root, self.org, database_url, self.directory_v1)
+        self.url = load_config(root / "server").url
+        self.paths = HandlerPaths(root / "dana" / "dana.vault")
+
+    def directory_v1(self, start: int) -> Directory:
+        integration = IntegrationService(self.service.signing_key, self.service.encryption_keys)
+        return replace(self.org.directory(1, handlers=roster(self.org, start)), integration=integration)
+
+    async def store_do(self, action: Callable[[Store], Awaitable[object]]) -> object:
+        store = Store(make_engine(self.url))
+        try:
+            return await action(store)
+        finally:
+            await store.close()
+
+    async def enrol_dana(self) -> str:
+        code, _ = await self.store_do(  # type: ignore[misc]
+            lambda store: create_invitation(
+                store, username="dana", role="handler", now=now_ts(), day=dt.datetime.now(dt.UTC).date(), actor="op"
+            )
+        )
+        (self.root / "dana").mkdir(mode=0o700)
+        secret: list[str] = []
+
+        def authenticator(answer: StaffEnrolment) -> str:
+            secret.append(answer.totp_secret.reveal())
+            return pyotp.TOTP(secret[-1]).now()
+
+        await enroll(
+            staff=self.staff.url,
+            invitation=code,
+            password=PASSWORD,
+            vault=self.paths.vault,
+            passphrase=PASSPHRASE,
+            intake=self.intake.url,
+            org=self.org.admin_set.fingerprint(),
+            totp_code=authenticator,
+            **FLOOR,
+        )
+        return secret[0]
+
+    async def list_dana(self) -> None:
+        """The admins publish version 2 with dana (from her intake-key.json)."""
+        receipt = load_keys(load_config(self.root / "server").keys_dir).receipt.verify_key
+        first = self.directory_v1(now_ts() - 3600)
+        second = replace(first, version=2, handlers=(*first.handlers, listed(self.paths, ("general",))))
+
+        async def go(store: Store) -> None:
+            current = await load_published(store)
+            assert current is not None
+            signed, head = self.org.publication(second, current.log)
+            await publish(store, signed, head, org_fingerprint=self.org.admin_set.fingerprint(), receipt_key=receipt)
+
+        await self.store_do(go)
+
+    async def applicant_writes(self, attachment: Path) -> object:
+        async with IntakeClient(self.intake.url) as client:
+            trusted = await fetch_trusted_directory(client, self.org.admin_set.fingerprint(), None, now_ts())
+            sent = await send_contact(
+                client, trusted, pool="general", language="ru", message=CANARY, fields={}, attachments=[attachment]
+            )
+
+        async def route(store: Store) -> None:
+            async with store.write() as session:
+                await session.execute(update(ContactRow).where(ContactRow.id == sent.contact_id).values(owner="dana"))
+
+        await self.store_do(route)
+        return sent
+
+
+async def _until_killed(
+    attempt: Callable[[int], Awaitable[object]], service: Service, acked: list[object], rounds: int = 40
+) -> int:
+    """Call ``attempt`` in a loop; SIGKILL ``service`` at a random moment after a few acknowledgements."""
+    failed = 0
+    killing = asyncio.Event()
+
+    async def killer() -> None:
+        while len(acked) < ACKED_BEFORE_KILL:
+            await asyncio.sleep(0.005)
+        await asyncio.sleep(random.uniform(0, 0.3))
+        killing.set()
+        await asyncio.to_thread(service.kill)
+
+    kill = asyncio.create_task(killer())
+    for n in range(rounds):
+        try:
+            acked.append(await attempt(n))
+        except (SafePassageError, aiohttp.ClientError, ConnectionError):
+            # Only the kill may make an attempt fail.
+            assert killing.is_set(), "an attempt failed before the kill"
+            failed += 1
+            break
+    await asyncio.wait_for(kill, timeout=30)
+    return failed
+
+
+async def test_replies_and_escalations_survive_sigkill(
+    tmp_path: Path, database_url: str, request: pytest.FixtureRequest
+) -> None:
+    with integration_database(request, database_url) as integration_url:
+        world = await asyncio.to_thread(World, tmp_path, database_url, integration_url)
+        services = [world.intake, world.staff, world.integration]
+        try:
+            await _scenario(world, tmp_path)
+        finally:
+            await asyncio.to_thread(stop_all, services)
+
+
+async def _scenario(world: World, tmp_path: Path) -> None:
+    intake, staff, integration = world.intake, world.staff, world.integration
+    await asyncio.to_thread(intake.start)
+    await asyncio.to_thread(staff.start)
+    secret = await world.enrol_dana()
+    await world.list_dana()
+    # Restarted so both serve version 2 at once (a running server picks it up within 30 s).
+    for service in (intake, staff):
+        await asyncio.to_thread(service.stop)
+        await asyncio.to_thread(service.start)
+    await asyncio.to_thread(integration.start)
+    await login(world.paths, password=PASSWORD, code=pyotp.TOTP(secret).at(int(time.time()) + 30))
+    attachment = tmp_path / "cipher-table.bin"
+    attachment.write_bytes(bytes(range(256)) * 300)
+    sent = await world.applicant_writes(attachment)
+    case = sent.contact_id  # type: ignore[attr-defined]
+
+    # --- replies, staff app killed ---------------------------------------------------------------------
+    replies: list[object] = []
+    texts = [f"reply {n}: мы вас слышим" for n in range(40)]
+
+    async def one_reply(n: int) -> SentReply:
+        return await reply(world.paths, PASSPHRASE, case, texts[n])
+
+    assert await _until_killed(one_reply, staff, replies) == 1
+    assert staff.proc is not None
+    assert staff.proc.returncode == -9
+    await asyncio.to_thread(staff.start)
+    acked = [r for r in replies if isinstance(r, SentReply)]
+    assert len(acked) >= ACKED_BEFORE_KILL
+
+    async def stored_replies(store: Store) -> tuple[list[Message], list[AuditEvent]]:
+        async with store.read() as session:
+            if store.is_sqlite:
+                assert (await session.execute(text("PRAGMA integrity_check"))).scalar() == "ok"
+            messages = (await session.scalars(select(Message).where(Message.kind == "reply"))).all()
+            events = (await session.scalars(select(AuditEvent).where(AuditEvent.action == "reply"))).all()
+        return list(messages), list(events)
+
+    messages, events = await world.store_do(stored_replies)  # type: ignore[misc]
+    by_id = {m.id: m for m in messages}
+    for r in acked:
+        assert r.message_id in by_id, f"acknowledged reply {r.message_id} is missing"
+        assert by_id[r.message_id].envelope_hash == r.envelope_hash
+        assert by_id[r.message_id].seq == r.seq
+    # Reply and audit event are one transaction: every stored reply has exactly its event.
+    assert sorted(e.detail for e in events) == sorted(f"message {m}" for m in by_id)
+    async with IntakeClient(intake.url) as client:
+        trusted = await fetch_trusted_directory(client, world.org.admin_set.fingerprint(), None, now_ts())
+        read = await check_mailbox(client, trusted, sent.codename)  # type: ignore[attr-defined]
+    assert all(r.handler_id == "dana" for r in read), "a stored reply does not open or verify"
+    got = [r.text for r in read]
+    assert got[: len(acked)] == texts[: len(acked)]
+    assert set(got) <= set(texts)
+    assert len(got) == len(by_id)
+
+    # --- escalations, integration service killed -----------------------------------------------------
+    packages: list[object] = []
+
+    async def one_escalation(n: int) -> Escalated:
+        return await escalate(world.paths, PASSPHRASE, case, f"assessment {n}", integration=integration.url)
+
+    assert await _until_killed(one_escalation, integration, packages) == 1
+    assert integration.proc is not None
+    assert integration.proc.returncode == -9
+    await asyncio.to_thread(integration.start)
+    escalated = [p for p in packages if isinstance(p, Escalated)]
+    assert len(escalated) >= ACKED_BEFORE_KILL
+    await _check_packages(world, escalated)
+
+
+async def _check_packages(world: World, escalated: list[Escalated]) -> None:
+    config = load_integration_config(world.root / "integration")
+    store = Store(make_engine(config.url))
+    try:
+        async with store.read() as session:
+            if store.is_sqlite:
+                assert (await session.execute(text("PRAGMA integrity_check"))).scalar() == "ok"
+            rows = {p.id: p for p in (await session.scalars(select(Package))).all()}
+            chunks: dict[str, list[PackageChunk]] = {}
+            for c in (await session.scalars(select(PackageChunk))).all():
+                chunks.setdefault(c.package_id, []).append(c)
+        recorded = await world.store_do(
+            _escalation_records  # the staff app's side: which receipts it kept
+        )
+        keys = await asyncio.to_thread(open_officer_keys, config.vault_path, OFFICER)
+        directory = await IntakeDirectorySource(config, remember=False).fetch()
+        assert set(chunks) <= set(rows)
+        for e in escalated:
+            assert e.package_id in recorded, "a receipted escalation is not recorded by the staff app"
+        for package_id in recorded:  # type: ignore[attr-defined]
+            assert rows[package_id].state == "complete"
+        for n, (package_id, row) in enumerate(sorted(rows.items())):
+            parts = sorted(chunks.get(package_id, []), key=lambda c: (c.attachment, c.index))
+            if row.state == "complete":
+                package = await complete_package(store, package_id)
+                opened = await read_package(store, package, keys, directory, world.root / f"read-{n}")
+                assert opened.handler_id == "dana"
+                assert CANARY in (world.root / f"read-{n}" / "case.txt").read_text(encoding="utf-8")
+            else:
+                # Interrupted by the kill: never receipted, a gap-free run of chunks, none final but the last.
+                assert package_id not in {e.package_id for e in escalated}
+                assert [c.index for c in parts] == list(range(len(parts)))
+                assert not any(c.final for c in parts[:-1])
+                for c in parts:
+                    E.parse_chunk_frame(c.frame)
+        assert {e.package_id for e in escalated} <= {p for p, r in rows.items() if r.state == "complete"}
+    finally:
+        await store.close()
+
+
+async def _escalation_records(store: Store) -> set[str]:
+    async with store.read() as session:
+        return set((await session.scalars(select(EscalationRecord.package_id))).all())

@@ -59,7 +59,11 @@ async def error_middleware(request: web.Request, handler: Handler) -> web.Stream
         if exc.status < 400:
             raise
         code, message = _HTTP_CODES.get(exc.status, ("http_error", exc.reason))
-        return error_response(exc.status, code, message)
+        response = error_response(exc.status, code, message)
+        if "Allow" in exc.headers:
+            # RFC 9110 15.5.6: a 405 names the methods the resource supports.
+            response.headers["Allow"] = exc.headers["Allow"]
+        return response
     except Exception as exc:
         # Type and route only: exception text and tracebacks can quote input.
         log.error("internal error %s in %s %s", type(exc).__name__, request.method, request.match_info.route.name)

@@ -5,7 +5,7 @@ VENV := .venv
 BIN := $(VENV)/bin
 STAMP := $(VENV)/.installed
 
-.PHONY: system-deps setup demo test lint typecheck unit bench vectors clean
+.PHONY: system-deps setup demo test lint typecheck unit bench vectors clean soak
 
 $(BIN)/python:
 	$(PY) -m venv $(VENV)
@@ -45,6 +45,10 @@ bench: setup
 	$(BIN)/python -m bench.envelope
 	$(BIN)/python -m bench.intake --store sqlite
 	$(BIN)/python -m bench.intake --store postgresql
+
+# The flood test for five minutes instead of twenty seconds, and the kill -9 tests again.
+soak: setup
+	CI=true SAFEPASSAGE_FLOOD_SECONDS=300 $(BIN)/pytest -q -s tests/test_flood.py tests/test_durability.py tests/test_durability_staff.py
 
 vectors: setup
 	$(BIN)/python -m tests.vectors.generate

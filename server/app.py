@@ -24,6 +24,7 @@ from .context import INTAKE, Intake
 from .db.engine import Store, make_engine
 from .db.models import Contact, Mailbox, MailboxNonce, SpentChallenge
 from .errors import error_middleware
+from .inputs import BODY_BUDGET, BodyBudget, body_budget_middleware
 from .keys import load_keys
 from .security import add_security_headers
 
@@ -80,7 +81,8 @@ def quiet_aiohttp_logs() -> None:
 
 def create_app(config: ServerConfig, *, store: Store | None = None) -> web.Application:
     quiet_aiohttp_logs()
-    app = web.Application(middlewares=[error_middleware], client_max_size=CLIENT_MAX_SIZE)
+    app = web.Application(middlewares=[error_middleware, body_budget_middleware], client_max_size=CLIENT_MAX_SIZE)
+    app[BODY_BUDGET] = BodyBudget()
     app.on_response_prepare.append(add_security_headers)
     app.add_routes(intake.routes)
 

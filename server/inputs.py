@@ -8,9 +8,14 @@ count and range, headers by their decoded length, bodies by reading at most
 
 from __future__ import annotations
 
+import asyncio
+import contextvars
 import hashlib
+import time
+from collections.abc import AsyncIterator
 
 from aiohttp import web
+from aiohttp.typedefs import Handler
 
 from safepassage.crypto import envelope as E
 from safepassage.crypto.encoding import b64d
@@ -19,6 +24,71 @@ from safepassage.crypto.errors import MalformedInput, SafePassageError
 from .errors import ApiError, bad_request, from_crypto
 
 OCTET = "application/octet-stream"
+#: A body may take this long to start arriving, and after that must keep up
+#: BODY_MIN_RATE bytes per second on average: Tor is slow, a slowloris is slower.
+#: A client that falls behind is answered 408 and its connection freed.
+BODY_GRACE_SECONDS = 10.0
+BODY_MIN_RATE = 4 * 1024
+#: Bytes of request bodies one process holds at once (received, not merely announced);
+#: past it a body is refused with 503 instead of growing the process without bound.
+BODY_BUDGET_BYTES = 96 * 1024 * 1024
+
+
+class BodyBudget:
+    """Counts body bytes held by requests in progress (one process, one event loop: no lock needed)."""
+
+    def __init__(self, limit: int = BODY_BUDGET_BYTES) -> None:
+        self.limit = limit
+        self.used = 0
+
+    def take(self, n: int) -> None:
+        if self.used + n > self.limit:
+            raise ApiError(503, "busy", "The server is handling too many uploads; try again in a moment.")
+        self.used += n
+
+    def give(self, n: int) -> None:
+        self.used -= n
+
+
+BODY_BUDGET = web.AppKey("body_budget", BodyBudget)
+#: Body bytes the current request holds (aiohttp runs each request in a task of its own).
+_HELD: contextvars.ContextVar[list[int] | None] = contextvars.ContextVar("body_bytes", default=None)
+
+
+@web.middleware
+async def body_budget_middleware(request: web.Request, handler: Handler) -> web.StreamResponse:
+    """Bytes a request read stay counted until its answer is made (its handler still holds them)."""
+    held = [0]
+    token = _HELD.set(held)
+    try:
+        return await handler(request)
+    finally:
+        _HELD.reset(token)
+        request.app[BODY_BUDGET].give(held[0])
+
+
+async def body_parts(request: web.Request, limit: int, what: str) -> AsyncIterator[bytes]:
+    """The body in pieces, at most ``limit`` bytes, paced (408) and counted against the budget (503)."""
+    budget, held = request.app.get(BODY_BUDGET), _HELD.get()
+    started = time.monotonic()
+    size = 0
+    while True:
+        # The next piece must come before the average rate since the grace period falls below the floor.
+        wait = started + BODY_GRACE_SECONDS + (size + 1) / BODY_MIN_RATE - time.monotonic()
+        try:
+            async with asyncio.timeout(max(wait, 0.0)):
+                part = await request.content.readany()
+        except TimeoutError:
+            raise ApiError(408, "body_too_slow", f"The {what} arrived too slowly; send it again.") from None
+        if not part:
+            return
+        size += len(part)
+        if size > limit:
+            raise ApiError(413, "payload_too_large", f"The body may be at most {limit} bytes.")
+        if budget is not None and held is not None:
+            budget.take(len(part))
+            held[0] += len(part)
+        yield part
 
 
 def token_hash(token: str) -> bytes:
@@ -67,15 +137,8 @@ async def read_binary(request: web.Request, limit: int, *, exact: int | None = N
         raise ApiError(415, "unsupported_media_type", f"Send the body as {OCTET}.")
     if request.content_length is not None and request.content_length > limit:
         raise ApiError(413, "payload_too_large", f"The body may be at most {limit} bytes.")
-    # Read at most limit+1 bytes, in chunks, whatever Content-Length claimed.
-    parts: list[bytes] = []
-    size = 0
-    async for part in request.content.iter_chunked(64 * 1024):
-        size += len(part)
-        if size > limit:
-            raise ApiError(413, "payload_too_large", f"The body may be at most {limit} bytes.")
-        parts.append(part)
-    body = b"".join(parts)
+    # Read at most limit+1 bytes, in pieces, whatever Content-Length claimed.
+    body = b"".join([part async for part in body_parts(request, limit, "body")])
     if exact is not None and len(body) != exact:
         raise bad_request(f"The body must be exactly {exact} bytes.", "malformed_chunk")
     return body

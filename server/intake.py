@@ -42,7 +42,7 @@ from safepassage.crypto.translog import MAX_PROOF_LEN
 from .context import Intake, intake_of
 from .db.models import Chunk, Contact, Mailbox, MailboxNonce, Message, SpentChallenge
 from .errors import ApiError, bad_request, from_crypto
-from .inputs import check_chunk_order, read_chunk_frame
+from .inputs import body_parts, check_chunk_order, read_chunk_frame
 from .inputs import header_bytes as _header_bytes
 from .inputs import path_int as _path_int
 from .inputs import query_int as _query_int
@@ -472,15 +472,8 @@ async def _read_json(request: web.Request, limit: int) -> dict[str, object]:
         raise ApiError(415, "unsupported_media_type", "Send the body as application/json.")
     if request.content_length is not None and request.content_length > limit:
         raise ApiError(413, "payload_too_large", f"The body may be at most {limit} bytes.")
-    # Read to the end (a body may arrive in several pieces over Tor), bounded.
-    parts: list[bytes] = []
-    size = 0
-    async for part in request.content.iter_chunked(4096):
-        size += len(part)
-        if size > limit:
-            raise ApiError(413, "payload_too_large", f"The body may be at most {limit} bytes.")
-        parts.append(part)
-    raw = b"".join(parts)
+    # Read to the end (a body may arrive in several pieces over Tor), bounded and paced.
+    raw = b"".join([part async for part in body_parts(request, limit, "body")])
     try:
         value = json.loads(raw.decode("utf-8"))
     except (UnicodeDecodeError, json.JSONDecodeError, RecursionError):

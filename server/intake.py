@@ -10,20 +10,20 @@ acknowledged one is on disk before its receipt is signed.
 from __future__ import annotations
 
 import asyncio
-import contextlib
 import datetime as dt
 import hashlib
 import json
 import re
 import secrets
 import time
-from collections.abc import AsyncIterator, Sequence
+from collections.abc import Callable, Sequence
 from dataclasses import dataclass
 
 from aiohttp import web
 from sqlalchemy import delete, func, select
 from sqlalchemy.exc import IntegrityError
 from sqlalchemy.ext.asyncio import AsyncSession
+from sqlalchemy.orm import Session
 
 from safepassage.crypto import envelope as E
 from safepassage.crypto import pow as W
@@ -137,14 +137,18 @@ async def _spend_and_verify(app: Intake, checked: W.CheckedChallenge, counter_he
     rounded up to the hour, so it does not date the submission it belongs to.
     """
     nonce = checked.challenge.nonce
-    async with app.store.write() as session:
-        if await session.get(SpentChallenge, nonce) is not None:
-            raise ApiError(409, "pow_reused", "This proof of work was already used; get a new challenge.")
+    reused = ApiError(409, "pow_reused", "This proof of work was already used; get a new challenge.")
+
+    def spend(session: Session) -> None:
+        if session.get(SpentChallenge, nonce) is not None:
+            raise reused
         session.add(SpentChallenge(nonce=nonce, expires=_round_up_hour(checked.challenge.expires)))
         try:
-            await session.flush()
+            session.flush()
         except IntegrityError:
-            raise ApiError(409, "pow_reused", "This proof of work was already used; get a new challenge.") from None
+            raise reused from None
+
+    await app.store.transaction(spend)
     counter = int(counter_header.rpartition(".")[2])
     try:
         # In a worker thread (libsodium releases the GIL), outside any transaction.
@@ -202,11 +206,11 @@ def _check_submission(
         raise ApiError(403, "bad_signature", "The submission signature does not verify.") from None
 
 
-async def _check_quota(session: AsyncSession, app: Intake, mailbox_id: str, today: dt.date) -> None:
-    contacts = await session.scalar(
+def _check_quota(session: Session, app: Intake, mailbox_id: str, today: dt.date) -> None:
+    contacts = session.scalar(
         select(func.count()).select_from(Contact).where(Contact.mailbox_id == mailbox_id, Contact.day == today)
     )
-    messages = await session.scalar(
+    messages = session.scalar(
         select(func.count())
         .select_from(Message)
         .where(Message.mailbox_id == mailbox_id, Message.day == today, Message.kind == "follow-up")
@@ -215,9 +219,9 @@ async def _check_quota(session: AsyncSession, app: Intake, mailbox_id: str, toda
         raise ApiError(429, "quota_exceeded", "This mailbox has sent as much as it may today; try again tomorrow.")
 
 
-async def _choose_owner(session: AsyncSession, pool: str, candidates: Sequence[str]) -> str:
+def _choose_owner(session: Session, pool: str, candidates: Sequence[str]) -> str:
     """The candidate with the fewest open cases in the pool; ties broken uniformly at random."""
-    rows = await session.execute(
+    rows = session.execute(
         select(Contact.owner, func.count())
         .where(Contact.pool == pool, Contact.state == "complete", Contact.status.in_(OPEN_STATUSES))
         .group_by(Contact.owner)
@@ -327,13 +331,14 @@ async def submit_contact(request: web.Request) -> web.Response:
     token = secrets.token_urlsafe(32) if attachments else None
     envelope_hash = hashlib.sha256(data).digest()
     await _spend_and_verify(app, checked, request.headers[POW_HEADER])
-    async with _writing(app) as session:
-        mailbox = await session.get(Mailbox, mailbox_id)
+
+    def store(session: Session) -> None:
+        mailbox = session.get(Mailbox, mailbox_id)
         if mailbox is None:
             session.add(Mailbox(id=mailbox_id, public_key=mailbox_key.public_bytes_raw(), created_day=today))
         else:
-            await _check_quota(session, app, mailbox_id, today)
-        owner = await _choose_owner(session, pool, candidates)
+            _check_quota(session, app, mailbox_id, today)
+        owner = _choose_owner(session, pool, candidates)
         session.add(
             Contact(
                 id=contact_id,
@@ -352,7 +357,9 @@ async def submit_contact(request: web.Request) -> web.Response:
                 upload_expires=_round_up_hour(now + 3600 * cfg.upload_window_hours) if token else None,
             )
         )
-        await _flush_or_conflict(session)
+        _flush_or_conflict(session)
+
+    await _write(app, store)
     stored = _Stored(contact_id, envelope_hash, today)
     if token is not None:
         return web.json_response({"contact": contact_id, "status": "pending", "upload_token": token}, status=201)
@@ -361,28 +368,24 @@ async def submit_contact(request: web.Request) -> web.Response:
     )
 
 
-@contextlib.asynccontextmanager
-async def _writing(app: Intake) -> AsyncIterator[AsyncSession]:
+async def _write(app: Intake, work: Callable[[Session], None]) -> None:
     """A write transaction in which a lost race (an insert that another request
-    made first, seen at any flush) is a 409 with nothing stored, not a 500."""
+    made first, seen at any flush or at commit) is a 409 with nothing stored, not a 500."""
     try:
-        async with app.store.write() as session:
-            yield session
+        await app.store.transaction(work)
     except IntegrityError:
         raise ApiError(409, "conflict", "A concurrent request already stored this; nothing was stored.") from None
 
 
-async def _flush_or_conflict(session: AsyncSession) -> None:
+def _flush_or_conflict(session: Session) -> None:
     try:
-        await session.flush()
+        session.flush()
     except IntegrityError:
         # Two requests raced for the same challenge or chunk: the loser changes nothing.
         raise ApiError(409, "conflict", "A concurrent request already used this; nothing was stored.") from None
 
 
-async def _pending_contact(session: AsyncSession, request: web.Request, contact_id: str) -> Contact:
-    token = request.headers.get(UPLOAD_HEADER, "")
-    contact = await session.get(Contact, contact_id)
+def _check_pending(contact: Contact | None, token: str) -> Contact:
     if contact is None:
         raise ApiError(404, "not_found", "No such contact.")
     if contact.upload_token_hash is None or not secrets.compare_digest(contact.upload_token_hash, _token_hash(token)):
@@ -390,6 +393,14 @@ async def _pending_contact(session: AsyncSession, request: web.Request, contact_
     if contact.state == "pending" and (contact.upload_expires or 0) <= _now():
         raise ApiError(409, "upload_expired", "The upload window has closed; send the contact again.")
     return contact
+
+
+async def _pending_contact(session: AsyncSession, request: web.Request, contact_id: str) -> Contact:
+    return _check_pending(await session.get(Contact, contact_id), request.headers.get(UPLOAD_HEADER, ""))
+
+
+def _pending_contact_sync(session: Session, token: str, contact_id: str) -> Contact:
+    return _check_pending(session.get(Contact, contact_id), token)
 
 
 @routes.put("/api/v1/contacts/{contact_id}/attachments/{attachment}/chunks/{index}", name="upload_chunk")
@@ -405,24 +416,28 @@ async def upload_chunk(request: web.Request) -> web.Response:
         if contact.state != "pending":
             raise ApiError(409, "already_complete", "This contact is already complete.")
     frame, fields = await read_chunk_frame(request, attachment, index)
-    async with _writing(app) as session:
-        contact = await _pending_contact(session, request, contact_id)
+    token = request.headers.get(UPLOAD_HEADER, "")
+
+    def store(session: Session) -> None:
+        contact = _pending_contact_sync(session, token, contact_id)
         if contact.state != "pending":
             raise ApiError(409, "already_complete", "This contact is already complete.")
         if attachment >= contact.attachments:
             raise bad_request("No such attachment for this contact.", "attachment_out_of_range")
-        last = await session.scalar(
+        last = session.scalar(
             select(Chunk)
             .where(Chunk.contact_id == contact_id, Chunk.attachment == attachment)
             .order_by(Chunk.index.desc())
             .limit(1)
         )
         check_chunk_order(None if last is None else last.index, last is not None and last.final, index)
-        total = await session.scalar(select(func.count()).select_from(Chunk).where(Chunk.contact_id == contact_id))
+        total = session.scalar(select(func.count()).select_from(Chunk).where(Chunk.contact_id == contact_id))
         if ((total or 0) + 1) * E.CHUNK_LEN > app.config.max_contact_bytes:
             raise ApiError(413, "contact_too_large", "The attachments exceed the size limit for one contact.")
         session.add(Chunk(contact_id=contact_id, attachment=attachment, index=index, final=fields.final, frame=frame))
-        await _flush_or_conflict(session)
+        _flush_or_conflict(session)
+
+    await _write(app, store)
     return web.json_response({"attachment": attachment, "index": index, "final": fields.final}, status=201)
 
 
@@ -567,11 +582,10 @@ async def post_follow_up(request: web.Request) -> web.Response:
     message_id = _new_id()
     envelope_hash = hashlib.sha256(data).digest()
     await _spend_and_verify(app, checked, request.headers[POW_HEADER])
-    async with _writing(app) as session:
-        await _check_quota(session, app, mailbox_id, today)
-        seq = await session.scalar(
-            select(func.coalesce(func.max(Message.seq), 0)).where(Message.mailbox_id == mailbox_id)
-        )
+
+    def store(session: Session) -> None:
+        _check_quota(session, app, mailbox_id, today)
+        seq = session.scalar(select(func.coalesce(func.max(Message.seq), 0)).where(Message.mailbox_id == mailbox_id))
         session.add(
             Message(
                 id=message_id,
@@ -585,6 +599,8 @@ async def post_follow_up(request: web.Request) -> web.Response:
                 seq=(seq or 0) + 1,
             )
         )
-        await _flush_or_conflict(session)
+        _flush_or_conflict(session)
+
+    await _write(app, store)
     receipt = _sign_receipt(app, _Stored(message_id, envelope_hash, today))
     return web.json_response({"message": message_id, "receipt": receipt}, status=201)

@@ -10,12 +10,15 @@ failing with "database is locked" under concurrency.
 from __future__ import annotations
 
 import asyncio
-from collections.abc import AsyncIterator
+from collections.abc import AsyncIterator, Callable
 from contextlib import asynccontextmanager
-from typing import Any
+from typing import Any, TypeVar
 
-from sqlalchemy import event
+from sqlalchemy import Engine, create_engine, event
 from sqlalchemy.ext.asyncio import AsyncEngine, AsyncSession, async_sessionmaker, create_async_engine
+from sqlalchemy.orm import Session, sessionmaker
+
+T = TypeVar("T")
 
 
 def _sqlite_pragmas(dbapi_connection: Any, _record: Any) -> None:
@@ -47,6 +50,8 @@ class Store:
         self.sessions = async_sessionmaker(engine, expire_on_commit=False)
         self.is_sqlite = engine.dialect.name == "sqlite"
         self._write_lock = asyncio.Lock()
+        self._sync: sessionmaker[Session] | None = None
+        self._sync_engine: Engine | None = None
 
     @asynccontextmanager
     async def write(self) -> AsyncIterator[AsyncSession]:
@@ -57,6 +62,33 @@ class Store:
         else:
             async with self.sessions.begin() as session:
                 yield session
+
+    async def transaction(self, work: Callable[[Session], T]) -> T:
+        """Run ``work`` in one write transaction, committed if it returns and rolled back if it raises.
+
+        On SQLite the whole transaction runs in one worker-thread hop on a
+        plain (sync) connection to the same file, under the same write lock and
+        pragmas: aiosqlite would hop to its thread and back for every
+        statement, and the hot write paths spent most of their time in those
+        hops while holding the one writer lock. On PostgreSQL writers run
+        concurrently, so ``work`` runs through the async session.
+        """
+        if self.is_sqlite:
+            async with self._write_lock:
+                return await asyncio.to_thread(self._sync_transaction, work)
+        async with self.sessions.begin() as session:
+            return await session.run_sync(work)
+
+    def _sync_transaction(self, work: Callable[[Session], T]) -> T:
+        if self._sync is None:
+            # One connection is enough: the write lock lets one transaction in at a time.
+            url = self.engine.url.set(drivername="sqlite+pysqlite")
+            engine = create_engine(url, connect_args={"timeout": 30, "check_same_thread": False}, pool_size=1)
+            event.listen(engine, "connect", _sqlite_pragmas)
+            self._sync_engine = engine
+            self._sync = sessionmaker(engine, expire_on_commit=False)
+        with self._sync.begin() as session:
+            return work(session)
 
     @asynccontextmanager
     async def read(self) -> AsyncIterator[AsyncSession]:
@@ -71,4 +103,6 @@ class Store:
                 await conn.exec_driver_sql("PRAGMA wal_checkpoint(TRUNCATE)")
 
     async def close(self) -> None:
+        if self._sync_engine is not None:
+            await asyncio.to_thread(self._sync_engine.dispose)
         await self.engine.dispose()

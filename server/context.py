@@ -25,6 +25,8 @@ class Intake:
     challenge_limit: RateLimiter
     mailbox_challenge_limit: RateLimiter
     difficulty: PowDifficulty
+    #: Nonces whose work is being checked right now (SQLite: their spent mark is not committed yet).
+    pow_in_flight: set[bytes] = field(default_factory=set, repr=False)
     _published: Published | None = field(default=None, repr=False)
 
     @classmethod

@@ -21,136 +21,39 @@ with an attachment, and then:
 from __future__ import annotations
 
 import asyncio
-import datetime as dt
 import random
 import time
 from collections.abc import Awaitable, Callable
-from dataclasses import replace
 from pathlib import Path
 
 import aiohttp
 import pyotp
 import pytest
-from sqlalchemy import select, text, update
+from sqlalchemy import select, text
 
-from safepassage.client.applicant import check_mailbox, send_contact
-from safepassage.client.handler import Escalated, SentReply, enroll, escalate, login, reply
-from safepassage.client.handler_vault import HandlerPaths
+from safepassage.client.applicant import check_mailbox
+from safepassage.client.handler import Escalated, SentReply, escalate, login, reply
 from safepassage.client.intake_api import IntakeClient
 from safepassage.client.officer import complete_package, read_package
-from safepassage.client.staff_api import StaffEnrolment
 from safepassage.client.trust import fetch_trusted_directory
 from safepassage.crypto import envelope as E
-from safepassage.crypto.directory import Directory, IntegrationService
 from safepassage.crypto.errors import SafePassageError
-from safepassage.crypto.vault import Passphrase
-from safepassage.server.config import load_config
 from safepassage.server.db.engine import Store, make_engine
 from safepassage.server.db.models import AuditEvent, EscalationRecord, Message
-from safepassage.server.db.models import Contact as ContactRow
-from safepassage.server.directory_store import load_published, publish
-from safepassage.server.integration.bootstrap import Initialised, init_data_dir, plan_init
 from safepassage.server.integration.config import load_integration_config
 from safepassage.server.integration.directory import IntakeDirectorySource
 from safepassage.server.integration.keys import open_officer_keys
 from safepassage.server.integration.models import Package, PackageChunk
-from safepassage.server.keys import load_keys
-from safepassage.server.staff.accounts import create_invitation
 
 from .deployment import now_ts
-from .durability import FAST, Service, roster, server_folder, stop_all
-from .handler_env import FLOOR, PASSPHRASE, PASSWORD, listed
-from .helpers import Org
+from .durability import OFFICER, Service, World, stop_all
+from .handler_env import PASSPHRASE, PASSWORD
 from .integration_service import integration_database
 
 pytestmark = pytest.mark.timeout(280)
 
-OFFICER = Passphrase("the officer's vault passphrase, for tests")
 CANARY = "canary-2f81c4: я шифровальщик посольства"
 ACKED_BEFORE_KILL = 4
-
-
-class World:
-    def __init__(self, root: Path, database_url: str, integration_url: str) -> None:
-        self.root, self.org = root, Org()
-        self.intake = Service("server", root / "server", "/api/v1/directory", env=dict(FAST))
-        self.staff = Service("staff", root / "server", "/")
-        self.integration = Service("integration", root / "integration", "/")
-        plan = plan_init(
-            root / "integration",
-            org_fingerprint=self.org.admin_set.fingerprint(),
-            intake_url=self.intake.url,
-            database_url=integration_url,
-        )
-        self.service: Initialised = init_data_dir(plan, OFFICER)
-        server_folder(root, self.org, database_url, self.directory_v1)
-        self.url = load_config(root / "server").url
-        self.paths = HandlerPaths(root / "dana" / "dana.vault")
-
-    def directory_v1(self, start: int) -> Directory:
-        integration = IntegrationService(self.service.signing_key, self.service.encryption_keys)
-        return replace(self.org.directory(1, handlers=roster(self.org, start)), integration=integration)
-
-    async def store_do(self, action: Callable[[Store], Awaitable[object]]) -> object:
-        store = Store(make_engine(self.url))
-        try:
-            return await action(store)
-        finally:
-            await store.close()
-
-    async def enrol_dana(self) -> str:
-        code, _ = await self.store_do(  # type: ignore[misc]
-            lambda store: create_invitation(
-                store, username="dana", role="handler", now=now_ts(), day=dt.datetime.now(dt.UTC).date(), actor="op"
-            )
-        )
-        (self.root / "dana").mkdir(mode=0o700)
-        secret: list[str] = []
-
-        def authenticator(answer: StaffEnrolment) -> str:
-            secret.append(answer.totp_secret.reveal())
-            return pyotp.TOTP(secret[-1]).now()
-
-        await enroll(
-            staff=self.staff.url,
-            invitation=code,
-            password=PASSWORD,
-            vault=self.paths.vault,
-            passphrase=PASSPHRASE,
-            intake=self.intake.url,
-            org=self.org.admin_set.fingerprint(),
-            totp_code=authenticator,
-            **FLOOR,
-        )
-        return secret[0]
-
-    async def list_dana(self) -> None:
-        """The admins publish version 2 with dana (from her intake-key.json)."""
-        receipt = load_keys(load_config(self.root / "server").keys_dir).receipt.verify_key
-        first = self.directory_v1(now_ts() - 3600)
-        second = replace(first, version=2, handlers=(*first.handlers, listed(self.paths, ("general",))))
-
-        async def go(store: Store) -> None:
-            current = await load_published(store)
-            assert current is not None
-            signed, head = self.org.publication(second, current.log)
-            await publish(store, signed, head, org_fingerprint=self.org.admin_set.fingerprint(), receipt_key=receipt)
-
-        await self.store_do(go)
-
-    async def applicant_writes(self, attachment: Path) -> object:
-        async with IntakeClient(self.intake.url) as client:
-            trusted = await fetch_trusted_directory(client, self.org.admin_set.fingerprint(), None, now_ts())
-            sent = await send_contact(
-                client, trusted, pool="general", language="ru", message=CANARY, fields={}, attachments=[attachment]
-            )
-
-        async def route(store: Store) -> None:
-            async with store.write() as session:
-                await session.execute(update(ContactRow).where(ContactRow.id == sent.contact_id).values(owner="dana"))
-
-        await self.store_do(route)
-        return sent
 
 
 async def _until_killed(

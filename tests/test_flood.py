@@ -126,7 +126,7 @@ async def test_flood_leaves_room_for_a_real_applicant(tmp_path: Path) -> None:
                 await proc.wait()
         await asyncio.to_thread(service.stop)
 
-    summary = {kind: report for kind, report in zip(KINDS, reports, strict=True)}
+    summary = dict(zip(KINDS, reports, strict=True))
     print(f"\nflood {FLOOD_SECONDS:.0f} s: {json.dumps(summary, sort_keys=True)}")
     print(
         f"applicant: before {baseline:.2f} s; during: {len(times)} contacts, median {statistics.median(times):.2f} s, "

@@ -17,7 +17,7 @@ import json
 import re
 import secrets
 import time
-from collections.abc import AsyncIterator, Sequence
+from collections.abc import AsyncIterator
 from dataclasses import dataclass
 
 from aiohttp import web
@@ -49,6 +49,7 @@ from .inputs import query_int as _query_int
 from .inputs import read_binary as _read_binary
 from .inputs import round_up_hour as _round_up_hour
 from .inputs import token_hash as _token_hash
+from .routing import choose_owner
 
 routes = web.RouteTableDef()
 
@@ -60,7 +61,6 @@ MAILBOX_NONCE_LIFETIME = 300
 #: Sealed bytes per mailbox page (about 11 MiB of JSON once base64-encoded).
 MAILBOX_PAGE_BYTES = 8 * 1024 * 1024
 MAX_LOG_PAGE = 64
-OPEN_STATUSES = ("new", "reviewing", "replied")
 _POOL = re.compile(r"[a-z][a-z0-9-]{0,31}")
 _ID = re.compile(r"[A-Za-z0-9_-]{8,64}")
 _MAILBOX = re.compile(r"[0-9a-f]{64}")
@@ -215,18 +215,6 @@ async def _check_quota(session: AsyncSession, app: Intake, mailbox_id: str, toda
         raise ApiError(429, "quota_exceeded", "This mailbox has sent as much as it may today; try again tomorrow.")
 
 
-async def _choose_owner(session: AsyncSession, pool: str, candidates: Sequence[str]) -> str:
-    """The candidate with the fewest open cases in the pool; ties broken uniformly at random."""
-    rows = await session.execute(
-        select(Contact.owner, func.count())
-        .where(Contact.pool == pool, Contact.state == "complete", Contact.status.in_(OPEN_STATUSES))
-        .group_by(Contact.owner)
-    )
-    load: dict[str, int] = {row[0]: row[1] for row in rows.all()}
-    fewest = min(load.get(c, 0) for c in candidates)
-    return secrets.choice([c for c in candidates if load.get(c, 0) == fewest])
-
-
 # --- directory and log ----------------------------------------------------------------------------
 
 
@@ -333,7 +321,7 @@ async def submit_contact(request: web.Request) -> web.Response:
             session.add(Mailbox(id=mailbox_id, public_key=mailbox_key.public_bytes_raw(), created_day=today))
         else:
             await _check_quota(session, app, mailbox_id, today)
-        owner = await _choose_owner(session, pool, candidates)
+        owner = await choose_owner(session, pool, candidates)
         session.add(
             Contact(
                 id=contact_id,

@@ -11,6 +11,7 @@ from dataclasses import dataclass, field
 from aiohttp import web
 from sqlalchemy.ext.asyncio import AsyncSession
 
+from safepassage.crypto.keys import VerifyKey
 from safepassage.crypto.passwords import Password, TotpSecretKey, hash_password, verify_password
 
 from ..config import ServerConfig
@@ -30,6 +31,8 @@ class Staff:
     config: ServerConfig
     store: Store
     totp_key: TotpSecretKey
+    #: The public half of this server's receipt key: a directory must name it to be published.
+    receipt_key: VerifyKey
     clock: Clock = time.time
     #: A hash of a random password, verified against when a login names no account,
     #: so an unknown username costs the same work as a known one.

@@ -23,7 +23,7 @@ from pathlib import Path
 from typing import Final
 
 from safepassage.crypto import labels as L
-from safepassage.crypto.directory import Directory, verify_genesis, verify_successor
+from safepassage.crypto.directory import Directory, Handler, verify_genesis, verify_successor
 from safepassage.crypto.errors import BelowThreshold, NoSuchEntry
 from safepassage.crypto.keys import SigningKey, VerifyKey
 from safepassage.crypto.threshold import Signature
@@ -42,7 +42,7 @@ from safepassage.crypto.vault import (
 from .admin_api import AdminClient, ProposalDetail, ProposalSummary, Published
 from .directory_changes import Changes, apply_changes, describe_changes
 from .errors import ClientError, ProtocolViolation, ServerRefused, UsageError
-from .handler import login
+from .handler import login, logout
 from .handler_vault import HandlerPaths, NotLoggedIn, Profile, SavedSession, forget_session, vault_lock
 from .intake_api import IntakeClient
 from .staff_api import StaffEnrolment
@@ -54,7 +54,7 @@ ENROL_ATTEMPTS: Final = 3
 #: A frozen head may be at most this far in the future of the admin's clock.
 MAX_HEAD_SKEW: Final = 3600
 
-__all__ = ["login"]
+__all__ = ["Handler", "StaffEnrolment", "login", "logout"]
 
 
 class NotAnAdmin(ClientError):

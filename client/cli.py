@@ -19,6 +19,7 @@ from safepassage.crypto.errors import SafePassageError
 from safepassage.server.cli import server
 from safepassage.server.staff.cli import staff
 
+from .admin_cli import admin
 from .contact_cli import contact
 from .demo import demo
 from .handler_cli import handler
@@ -57,6 +58,7 @@ def directory_show(path: Path, org_fingerprint: str) -> None:
 
 
 cli.add_command(server)
+cli.add_command(admin)
 cli.add_command(staff)
 cli.add_command(contact)
 cli.add_command(integration)

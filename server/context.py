@@ -10,7 +10,7 @@ from sqlalchemy import select
 from .config import ServerConfig
 from .db.engine import Store
 from .db.models import LogEntry
-from .directory_store import Published, load_published
+from .directory_store import Published, load_published, published_size
 from .errors import ApiError
 from .keys import ServerKeys
 from .limits import PowDifficulty, RateLimiter
@@ -49,6 +49,12 @@ class Intake:
     async def refresh(self) -> None:
         """Reload the directory if another process (or `server publish`) extended the log."""
         self._published = await load_published(self.store)
+
+    async def refresh_if_changed(self) -> None:
+        """Reload when the log grew: admins publish through the staff app, another process."""
+        current = self._published.head.head.size if self._published is not None else 0
+        if await published_size(self.store) != current:
+            await self.refresh()
 
     async def log_entries(self, start: int, end: int) -> list[bytes]:
         async with self.store.read() as session:

@@ -12,7 +12,7 @@ from __future__ import annotations
 
 from dataclasses import dataclass
 
-from sqlalchemy import delete, select
+from sqlalchemy import delete, func, select
 from sqlalchemy.ext.asyncio import AsyncSession
 
 from safepassage.crypto.directory import Directory, SignedDirectory, verify_genesis, verify_successor
@@ -68,6 +68,12 @@ async def load_in(session: AsyncSession, *, for_update: bool = False) -> Publish
     log = MerkleLog([e.leaf_hash for e in entries])
     signed = SignedDirectory.from_bytes(last.entry)
     return Published(signed, last.entry, last.index, log, parse_signed_head(head_row.signed_head))
+
+
+async def published_size(store: Store) -> int:
+    """The size of the newest tree head: a cheap way to notice another process published."""
+    async with store.read() as session:
+        return int(await session.scalar(select(func.max(TreeHeadRecord.size))) or 0)
 
 
 async def load_published(store: Store) -> Published | None:

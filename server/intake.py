@@ -221,6 +221,8 @@ async def _check_quota(session: AsyncSession, app: Intake, mailbox_id: str, toda
 @routes.get("/api/v1/directory", name="directory")
 async def get_directory(request: web.Request) -> web.Response:
     app = intake_of(request)
+    # Clients fetch the directory before anything else: serve the newest.
+    await app.refresh_if_changed()
     published = app.published()
     head = published.head.head
     known = (

@@ -56,7 +56,8 @@ async def _sign(calls: StaffCalls, admin: Account, pid: str, sig: dict[str, Any]
 
 async def _head(calls: StaffCalls, admin: Account, pid: str) -> TreeHead:
     answer = await calls.call("GET", f"{BASE}/{pid}", account=admin)
-    assert answer.status == 200 and answer.body["state"] == "head", answer.body
+    assert answer.status == 200, answer.body
+    assert answer.body["state"] == "head", answer.body
     return TreeHead.from_json(answer.body["head"])
 
 
@@ -91,12 +92,14 @@ async def test_two_of_three_with_every_threshold_edge(staff: StaffDeployment, st
     v2 = roster_directory(dep, 2, {**ROSTER, "dave": ("general",)})
     proposal = await _propose(staff_calls, admin, v2)
     pid = proposal["id"]
-    assert proposal["state"] == "signing" and proposal["version"] == 2
+    assert proposal["state"] == "signing"
+    assert proposal["version"] == 2
 
     # One admin, twice: still one signature; publishing is refused.
     await _sign(staff_calls, admin, pid, _dir_sig(a0, v2))
     body = await _sign(staff_calls, admin, pid, _dir_sig(a0, v2))
-    assert body["signers"] == [a0.verify_key.key_id.hex()] and body["state"] == "signing"
+    assert body["signers"] == [a0.verify_key.key_id.hex()]
+    assert body["state"] == "signing"
     assert (await _publish(staff_calls, admin, pid, 409))["error"]["code"] == "not_ready"
     # A key outside the admin set, and an admin's signature over other bytes, do not count.
     outsider = signing_key("not-an-admin")
@@ -116,14 +119,18 @@ async def test_two_of_three_with_every_threshold_edge(staff: StaffDeployment, st
     assert (await _publish(staff_calls, admin, pid, 409))["error"]["code"] == "not_ready"
     await _sign(staff_calls, admin, pid, Signature.make(a2, L.SIG_TREE_HEAD, head.signed_bytes()).to_json())
     published = await _publish(staff_calls, admin, pid)
-    assert published["version"] == 2 and published["size"] == 2 and published["removed_handlers"] == []
+    assert published["version"] == 2
+    assert published["size"] == 2
+    assert published["removed_handlers"] == []
 
     served = await _served(staff)
-    assert served.version == 2 and "dave" in {h.handler_id for h in served.handlers}
+    assert served.version == 2
+    assert "dave" in {h.handler_id for h in served.handlers}
     # Replays: the published proposal, and a new proposal for an old version.
     assert (await _publish(staff_calls, admin, pid, 409))["error"]["code"] == "proposal_closed"
     answer = await staff_calls.call("POST", BASE, account=admin, json={"directory": v2.to_json()})
-    assert answer.status == 422 and answer.body["error"]["code"] == "wrong_version"
+    assert answer.status == 422
+    assert answer.body["error"]["code"] == "wrong_version"
 
 
 async def test_rogue_handler_signed_by_one_admin_never_receives_a_contact(
@@ -146,7 +153,8 @@ async def test_rogue_handler_signed_by_one_admin_never_receives_a_contact(
     assert all(r.owner != "rogue" for r in rows)
     assert rogue_key not in E.parse_header(rows[0].envelope).recipients
     served = await _served(staff)
-    assert served.version == 1 and "rogue" not in {h.handler_id for h in served.handlers}
+    assert served.version == 1
+    assert "rogue" not in {h.handler_id for h in served.handlers}
     # The server also refuses an envelope sealed to the rogue key as well.
     intake = [k for _, k in dep.directory.recipients("general", now_ts())]
     sealed = E.seal(b"x", [*intake, dep.org.intake["rogue"].public_key], E.Purpose.CONTACT)
@@ -155,7 +163,8 @@ async def test_rogue_handler_signed_by_one_admin_never_receives_a_contact(
     applicant = Applicant()
     headers = applicant.submission_headers(sealed.data, "general", 0, await public_calls.pow_header())
     answer = await public_calls.call("POST", "/api/v1/contacts?pool=general", data=sealed.data, headers=headers)
-    assert answer.status == 422 and answer.body["error"]["code"] == "recipients_mismatch"
+    assert answer.status == 422
+    assert answer.body["error"]["code"] == "recipients_mismatch"
 
 
 async def test_revocation_ends_sessions_and_moves_cases_to_a_reader(
@@ -170,7 +179,9 @@ async def test_revocation_ends_sessions_and_moves_cases_to_a_reader(
     without_carol = roster_directory(dep, 2, {k: v for k, v in ROSTER.items() if k != "carol"})
     published = await _ceremony(staff_calls, admin, without_carol, dep.org.admins[:2])
     assert published["removed_handlers"] == ["carol"]
-    assert published["ended_sessions"] == 1 and published["moved_cases"] == 1 and published["stranded_cases"] == 0
+    assert published["ended_sessions"] == 1
+    assert published["moved_cases"] == 1
+    assert published["stranded_cases"] == 0
     assert (await staff_calls.call("GET", "/staff/v1/cases", account=carol)).status == 401
     async with dep.store.read() as session:
         owner = await session.scalar(select(Contact.owner).where(Contact.id == case_id))

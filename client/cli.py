@@ -25,6 +25,7 @@ from .demo import demo
 from .handler_cli import handler
 from .integration_cli import integration
 from .render import describe_directory
+from .witness_cli import witness
 
 
 @click.group(context_settings={"help_option_names": ["-h", "--help"]})
@@ -64,6 +65,7 @@ cli.add_command(contact)
 cli.add_command(integration)
 cli.add_command(handler)
 cli.add_command(demo)
+cli.add_command(witness)
 
 
 def main(argv: list[str] | None = None) -> int:

@@ -66,6 +66,8 @@ class ServerConfig:
     staff_idle_minutes: int = 30
     #: ... and at the latest this many hours after login.
     staff_session_hours: int = 12
+    #: Comma-separated public keys (base64url) of witnesses whose cosignatures the server keeps (protocol 8.8).
+    witness_keys: str = ""
 
     @property
     def db_path(self) -> Path:
@@ -106,7 +108,12 @@ class ServerConfig:
         )
         if min(positive) < 1:
             raise ConfigError("limits and windows must be positive")
+        if self.witness_keys and not _WITNESS_KEYS.fullmatch(self.witness_keys):
+            raise ConfigError("witness_keys must be comma-separated base64url Ed25519 public keys")
         return self
+
+
+_WITNESS_KEYS = re.compile(r"[A-Za-z0-9_-]{43}(,[A-Za-z0-9_-]{43}){0,31}")
 
 
 def _coerce(name: str, raw: Any, kind: type) -> Any:

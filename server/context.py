@@ -7,6 +7,9 @@ from dataclasses import dataclass, field
 from aiohttp import web
 from sqlalchemy import select
 
+from safepassage.crypto.encoding import b64d
+from safepassage.crypto.keys import VerifyKey
+
 from .config import ServerConfig
 from .db.engine import Store
 from .db.models import LogEntry
@@ -25,6 +28,8 @@ class Intake:
     challenge_limit: RateLimiter
     mailbox_challenge_limit: RateLimiter
     difficulty: PowDifficulty
+    #: Witnesses whose cosignatures this server keeps (configuration ``witness_keys``).
+    witness_keys: tuple[VerifyKey, ...] = ()
     _published: Published | None = field(default=None, repr=False)
 
     @classmethod
@@ -39,6 +44,9 @@ class Intake:
             # use up the proof-of-work challenges new applicants need.
             mailbox_challenge_limit=RateLimiter(config.challenge_limit_per_minute, "mailbox challenge requests"),
             difficulty=PowDifficulty(config.pow_base_difficulty, config.pow_max_difficulty, config.pow_load_threshold),
+            witness_keys=tuple(
+                VerifyKey(b64d(k, length=32, what="witness key")) for k in config.witness_keys.split(",") if k
+            ),
         )
 
     def published(self) -> Published:

@@ -59,6 +59,7 @@ from safepassage.crypto.vault import (
 
 from .case_files import OutputFolderError, SavedAttachment, Staging
 from .errors import ClientError, ProtocolViolation, ServerRefused, UsageError
+from .handler_archive import CaseSource, source_for
 from .handler_vault import (
     HandlerKeys,
     HandlerPaths,
@@ -249,15 +250,17 @@ class _OpenedCase:
 
 
 def _intake_key_label(keys: HandlerKeys, opened: OpenedEnvelope) -> str:
-    held = next(k for k in keys.intake if k.private.key_id == opened.opened_with)
+    held = next((k for k in keys.intake if k.private.key_id == opened.opened_with), None)
+    if held is None:
+        return "local archive key (the intake key it came under has been destroyed)"
     return f"intake key {held.private.key_id.short()} (fingerprint {held.entry.key.fingerprint()})"
 
 
-async def _open_case(staff: StaffClient, keys: HandlerKeys, case_id: str) -> _OpenedCase:
-    """Fetch the case and its envelope; open and verify the contact (protocol 15.1)."""
+async def _open_case(staff: StaffClient, source: CaseSource, keys: HandlerKeys, case_id: str) -> _OpenedCase:
+    """Fetch the case and its envelope (from the archive once archived); open and verify the contact (15.1)."""
     detail = await staff.get_case(case_id)
-    envelope = await staff.case_envelope(case_id)
-    opened = open_envelope(envelope, keys.intake_private, expected_purpose=Purpose.CONTACT)
+    envelope = await source.case_envelope(case_id)
+    opened = open_envelope(envelope, keys.opening_keys, expected_purpose=Purpose.CONTACT)
     contact = Contact.open_payload(opened.plaintext)
     case = detail.case
     if contact.mailbox_key.key_id.hex() != case.mailbox:
@@ -283,7 +286,7 @@ async def _open_case(staff: StaffClient, keys: HandlerKeys, case_id: str) -> _Op
 
 
 async def _attachment_data(
-    staff: StaffClient, case_id: str, opened: OpenedEnvelope, number: int, info: AttachmentInfo
+    staff: CaseSource, case_id: str, opened: OpenedEnvelope, number: int, info: AttachmentInfo
 ) -> AsyncIterator[tuple[int, bytes]]:
     """Chunk index and data of one attachment, each authenticated, checked against the declared shape."""
     opener = opened.attachment_opener(number)
@@ -302,7 +305,7 @@ async def _attachment_data(
 
 
 async def _follow_ups(
-    staff: StaffClient, keys: HandlerKeys, case: _OpenedCase, case_id: str
+    staff: CaseSource, keys: HandlerKeys, case: _OpenedCase, case_id: str
 ) -> tuple[FollowUpView, ...]:
     out = []
     for m in case.detail.messages:
@@ -310,7 +313,7 @@ async def _follow_ups(
             continue
         try:
             envelope = await staff.message_envelope(case_id, m.message_id)
-            opened = open_envelope(envelope, keys.intake_private, expected_purpose=Purpose.FOLLOW_UP)
+            opened = open_envelope(envelope, keys.opening_keys, expected_purpose=Purpose.FOLLOW_UP)
             follow_up = FollowUp.open_payload(opened.plaintext)
             if follow_up.mailbox_key != case.contact.mailbox_key:
                 raise BadSignature("signed by another mailbox than the contact")
@@ -346,7 +349,7 @@ def _replies(keys: HandlerKeys, detail: CaseDetail, directory: Directory, case_i
 
 
 async def _save_attachments(
-    staff: StaffClient, case_id: str, case: _OpenedCase, out_dir: Path
+    staff: CaseSource, case_id: str, case: _OpenedCase, out_dir: Path
 ) -> tuple[tuple[SavedAttachment, ...], list[str]]:
     if not case.contact.attachments:
         return (), []
@@ -535,10 +538,11 @@ async def read_case(
         SavedSession.load(paths, now=now)
         trusted = await _trusted(paths, keys.org, intake, socks, now)
         async with _staff(paths, socks, now) as staff:
-            case = await _open_case(staff, keys, case_id)
-            follow_ups = await _follow_ups(staff, keys, case, case_id)
+            source = source_for(paths, staff, case_id)
+            case = await _open_case(staff, source, keys, case_id)
+            follow_ups = await _follow_ups(source, keys, case, case_id)
             replies = _replies(keys, case.detail, trusted.directory, case_id)
-            saved, notes = await _save_attachments(staff, case_id, case, Path(out_dir))
+            saved, notes = await _save_attachments(source, case_id, case, Path(out_dir))
     verified = [*case.verified, *notes]
     good = [f for f in follow_ups if f.problem is None]
     if good:
@@ -580,7 +584,7 @@ async def reply(
         # Applicants verify replies against the directory: refuse to send one they would show as forged.
         _check_listed(trusted.directory, keys)
         async with _staff(paths, socks, now) as staff:
-            case = await _open_case(staff, keys, case_id)
+            case = await _open_case(staff, source_for(paths, staff, case_id), keys, case_id)
             payload = Reply(case_id, keys.handler_id, message).seal_payload(keys.identity)
             sealed = seal(payload, [case.contact.reply_key], Purpose.REPLY)
             posted = await staff.post_reply(case_id, sealed.data)
@@ -625,8 +629,9 @@ async def escalate(
         # The integration service checks our delivery signature against the directory.
         _check_listed(directory, keys)
         async with _staff(paths, socks, now) as staff:
-            case = await _open_case(staff, keys, case_id)
-            follow_ups = await _follow_ups(staff, keys, case, case_id)
+            source = source_for(paths, staff, case_id)
+            case = await _open_case(staff, source, keys, case_id)
+            follow_ups = await _follow_ups(source, keys, case, case_id)
             replies = _replies(keys, case.detail, directory, case_id)
             summary = case.detail.case
             package_id = _package_id()
@@ -663,7 +668,7 @@ async def escalate(
                     for number, info in enumerate(case.contact.attachments):
                         # Re-sealed chunk by chunk: one chunk in memory, each authenticated before it moves on.
                         sealer = sealed.attachment_sealer(number)
-                        async for index, data in _attachment_data(staff, case_id, case.opened, number, info):
+                        async for index, data in _attachment_data(source, case_id, case.opened, number, info):
                             frame = sealer.seal_chunk(data, final=index == info.chunks - 1)
                             await service.upload_chunk(package_id, number, index, frame, answer.upload_token)
                     answer = await service.finalise(package_id, answer.upload_token)

@@ -61,6 +61,9 @@ PROFILE_TYPE: Final = "safepassage/handler-profile/v1"
 SESSION_TYPE: Final = "safepassage/handler-session/v1"
 ENROLMENT_TYPE: Final = "safepassage/handler-enrolment/v1"
 INTAKE_KEY_FILE: Final = "intake-key.json"
+NEXT_INTAKE_KEY_FILE: Final = "next-intake-key.json"
+#: Vault entry of the local archive key (hybrid, never published, never sent anywhere).
+ARCHIVE_KEY: Final = "archive-key"
 MAX_SMALL_FILE: Final = 64 * 1024
 _HANDLER = re.compile(r"[a-z][a-z0-9-]{0,63}")
 
@@ -114,6 +117,16 @@ class HandlerPaths:
     @property
     def intake_key(self) -> Path:
         return self.vault.with_name(INTAKE_KEY_FILE)
+
+    @property
+    def next_intake_key(self) -> Path:
+        """The public entry of a rotated intake key, for the admins (``handler rotate``)."""
+        return self.vault.with_name(NEXT_INTAKE_KEY_FILE)
+
+    @property
+    def archive(self) -> Path:
+        """Cases re-sealed to the local archive key when an intake key is destroyed (0700)."""
+        return self.vault.with_name(self.vault.name + ".archive")
 
 
 @contextlib.contextmanager
@@ -177,6 +190,7 @@ class HandlerKeys:
     identity: SigningKey
     intake: tuple[HeldIntakeKey, ...]
     replies: dict[str, tuple[str, bytes]]  # message id -> (case id, payload)
+    archive: HybridPrivateKey | None = None
 
     def __repr__(self) -> str:
         return f"HandlerKeys({self.handler_id}, {len(self.intake)} intake key(s), {len(self.replies)} reply(ies))"
@@ -184,6 +198,11 @@ class HandlerKeys:
     @property
     def intake_private(self) -> tuple[HybridPrivateKey, ...]:
         return tuple(k.private for k in self.intake)
+
+    @property
+    def opening_keys(self) -> tuple[HybridPrivateKey, ...]:
+        """Every key a case may be sealed to: the intake keys, and the local archive key."""
+        return self.intake_private + ((self.archive,) if self.archive is not None else ())
 
     def current_intake(self, now: int) -> HeldIntakeKey:
         valid = [k for k in self.intake if k.entry.valid_at(now)]
@@ -222,11 +241,12 @@ def keys_from_contents(contents: VaultContents) -> HandlerKeys:
                     get_str(obj, "case"),
                     b64d(get_str(obj, "payload", max_len=2 * MAX_PAYLOAD)),
                 )
+        archive = HybridPrivateKey.from_private_bytes(contents.get(ARCHIVE_KEY)) if ARCHIVE_KEY in contents else None
     except (UnicodeDecodeError, KeyError) as exc:
         raise MalformedInput("this vault is not a handler vault") from exc
     if not _HANDLER.fullmatch(handler_id) or not intake:
         raise MalformedInput("this vault is not a handler vault")
-    return HandlerKeys(handler_id, org, identity, intake, replies)
+    return HandlerKeys(handler_id, org, identity, intake, replies, archive)
 
 
 def open_handler_vault(paths: HandlerPaths, passphrase: Passphrase) -> tuple[VaultContents, HandlerKeys]:

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import logging
 from dataclasses import dataclass, field
 
 from aiohttp import web
@@ -15,8 +16,10 @@ from .db.engine import Store
 from .db.models import LogEntry
 from .directory_store import Published, load_published, published_size
 from .errors import ApiError
-from .keys import ServerKeys
+from .keys import ServerKeys, UnknownReceiptKey, promote_receipt_key
 from .limits import PowDifficulty, RateLimiter
+
+log = logging.getLogger("safepassage.server")
 
 
 @dataclass
@@ -57,6 +60,14 @@ class Intake:
     async def refresh(self) -> None:
         """Reload the directory if another process (or `server publish`) extended the log."""
         self._published = await load_published(self.store)
+        if self._published is not None:
+            wanted = self._published.directory.receipt_key
+            if wanted != self.keys.receipt.verify_key:
+                # A directory naming the next receipt key completes a rotation.
+                try:
+                    self.keys = promote_receipt_key(self.config.keys_dir, self.keys, wanted)
+                except UnknownReceiptKey:
+                    log.error("the published directory names a receipt key this server does not hold")
 
     async def refresh_if_changed(self) -> None:
         """Reload when the log grew: admins publish through the staff app, another process."""

@@ -88,6 +88,7 @@ def check_publication(
     *,
     org_fingerprint: str,
     receipt_key: VerifyKey,
+    next_receipt_key: VerifyKey | None = None,
 ) -> tuple[Directory, bytes]:
     """Everything a client will check, checked before anything is stored."""
     try:
@@ -107,8 +108,8 @@ def check_publication(
         raise
     except SafePassageError as exc:
         raise PublishRefused(exc.message) from exc
-    if directory.receipt_key != receipt_key:
-        raise PublishRefused("the directory does not name this server's receipt key")
+    if directory.receipt_key not in (receipt_key, next_receipt_key):
+        raise PublishRefused("the directory does not name this server's receipt key (current or next)")
     if current is not None and head.head.timestamp < current.head.head.timestamp:
         raise PublishRefused("the tree head is older than the one being served")
     return directory, entry
@@ -132,6 +133,7 @@ async def publish_in(
     *,
     org_fingerprint: str,
     receipt_key: VerifyKey,
+    next_receipt_key: VerifyKey | None = None,
 ) -> Effects:
     """Append ``signed`` to the log and serve ``head`` within ``session``'s transaction.
 
@@ -141,7 +143,12 @@ async def publish_in(
     """
     current = await load_in(session, for_update=True)
     directory, entry = check_publication(
-        current, signed, head, org_fingerprint=org_fingerprint, receipt_key=receipt_key
+        current,
+        signed,
+        head,
+        org_fingerprint=org_fingerprint,
+        receipt_key=receipt_key,
+        next_receipt_key=next_receipt_key,
     )
     index = current.log.size if current else 0
     session.add(LogEntry(index=index, version=directory.version, entry=entry, leaf_hash=leaf_hash(entry)))
@@ -158,11 +165,24 @@ async def publish_in(
 
 
 async def publish(
-    store: Store, signed: SignedDirectory, head: SignedTreeHead, *, org_fingerprint: str, receipt_key: VerifyKey
+    store: Store,
+    signed: SignedDirectory,
+    head: SignedTreeHead,
+    *,
+    org_fingerprint: str,
+    receipt_key: VerifyKey,
+    next_receipt_key: VerifyKey | None = None,
 ) -> Published:
     """Append ``signed`` to the log and serve ``head``; all or nothing."""
     async with store.write() as session:
-        await publish_in(session, signed, head, org_fingerprint=org_fingerprint, receipt_key=receipt_key)
+        await publish_in(
+            session,
+            signed,
+            head,
+            org_fingerprint=org_fingerprint,
+            receipt_key=receipt_key,
+            next_receipt_key=next_receipt_key,
+        )
     published = await load_published(store)
     if published is None:
         raise PublishRefused("the publication could not be read back")

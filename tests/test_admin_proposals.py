@@ -8,11 +8,13 @@ handler who can read them, and a stale proposal refused.
 
 from __future__ import annotations
 
+import dataclasses
 from typing import Any
 
 import pytest
 from sqlalchemy import select
 
+from safepassage.client.applicant import send_contact
 from safepassage.client.intake_api import IntakeClient
 from safepassage.client.trust import fetch_trusted_directory
 from safepassage.crypto import envelope as E
@@ -21,7 +23,9 @@ from safepassage.crypto.directory import Directory
 from safepassage.crypto.keys import SigningKey
 from safepassage.crypto.threshold import KeySet, Signature
 from safepassage.crypto.translog import TreeHead
+from safepassage.server.context import INTAKE
 from safepassage.server.db.models import Contact
+from safepassage.server.keys import RECEIPT_NEXT_FILE, ReceiptKeyPending, create_next_receipt_key, load_keys
 
 from .deployment import now_ts
 from .helpers import signing_key
@@ -254,3 +258,36 @@ async def test_only_admins_may_propose(staff: StaffDeployment, staff_calls: Staf
         from safepassage.server.db.models import DirectoryProposal
 
         assert (await session.execute(select(DirectoryProposal))).all() == []
+
+
+async def test_receipt_key_rotation_switches_once_published(staff: StaffDeployment, staff_calls: StaffCalls) -> None:
+    dep = staff.dep
+    admin = await _admin(staff_calls)
+    keys_dir = dep.config.keys_dir
+    old = dep.keys.receipt.verify_key
+    waiting = create_next_receipt_key(keys_dir).verify_key
+    with pytest.raises(ReceiptKeyPending):
+        create_next_receipt_key(keys_dir)
+    # A directory naming a key the server does not hold is refused at once.
+    stranger = dataclasses.replace(roster_directory(dep, 2, ROSTER), receipt_key=signing_key("nobody").verify_key)
+    answer = await staff_calls.call("POST", BASE, account=admin, json={"directory": stranger.to_json()})
+    assert answer.status == 422
+    assert answer.body["error"]["code"] == "wrong_receipt_key"
+
+    rotated = dataclasses.replace(roster_directory(dep, 2, ROSTER), receipt_key=waiting)
+    await _ceremony(staff_calls, admin, rotated, dep.org.admins[:2])
+    await staff.refresh()
+    assert dep.app[INTAKE].keys.receipt.verify_key == waiting
+    assert staff.state.receipt_key == waiting
+    assert not (keys_dir / RECEIPT_NEXT_FILE).exists()
+    assert load_keys(keys_dir).receipt.verify_key == waiting  # the old key's file is gone
+    assert old != waiting
+
+    # A full contact: the client checks the receipt against the new directory's key.
+    async with IntakeClient(dep.base_url) as client:
+        trusted = await fetch_trusted_directory(client, dep.org.admin_set.fingerprint(), None, now_ts())
+        assert trusted.directory.receipt_key == waiting
+        sent = await send_contact(
+            client, trusted, pool="general", language="ru", message="after rotation", fields={}, attachments=[]
+        )
+    assert sent.receipt.day

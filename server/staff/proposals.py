@@ -151,8 +151,8 @@ async def propose(request: web.Request) -> web.Response:
     except SafePassageError as exc:
         raise from_crypto(exc, 400, "malformed_directory") from None
     staff = staff_of(request)
-    if directory.receipt_key != staff.receipt_key:
-        raise ApiError(422, "wrong_receipt_key", "The directory must name this server's receipt key.")
+    if directory.receipt_key not in (staff.receipt_key, staff.next_receipt_key()):
+        raise ApiError(422, "wrong_receipt_key", "The directory must name this server's receipt key (current or next).")
     async with staff.store.write() as session:
         current = await load_in(session, for_update=True)
         base = _current_version(current)
@@ -280,6 +280,7 @@ async def publish_proposal(request: web.Request) -> web.Response:
                 signed_head,
                 org_fingerprint=staff.config.org_fingerprint,
                 receipt_key=staff.receipt_key,
+                next_receipt_key=staff.next_receipt_key(),
             )
         except PublishRefused as exc:
             raise ApiError(409, "publish_refused", exc.message) from None

@@ -27,6 +27,7 @@ organisation fingerprint kept in the vault, with the log head remembered in
 from __future__ import annotations
 
 import contextlib
+import dataclasses
 import os
 import secrets
 import time
@@ -218,13 +219,17 @@ async def _trusted(paths: HandlerPaths, org: str, intake: str | None, socks: str
     return trusted
 
 
-def _check_listed(directory: Directory, keys: HandlerKeys) -> None:
+def _check_listed(directory: Directory, keys: HandlerKeys) -> HandlerKeys:
+    """The keys to act with under ``directory``: after an identity rotation is published, the new identity."""
     try:
         listed = directory.handler(keys.handler_id)
     except MalformedInput:
         raise NotListed(f"no handler {keys.handler_id} in directory version {directory.version}") from None
-    if listed.identity_key != keys.identity.verify_key:
-        raise NotListed(f"handler {keys.handler_id} is listed with another identity key")
+    if listed.identity_key == keys.identity.verify_key:
+        return keys
+    if keys.identity_next is not None and listed.identity_key == keys.identity_next.verify_key:
+        return dataclasses.replace(keys, identity=keys.identity_next, identity_next=None)
+    raise NotListed(f"handler {keys.handler_id} is listed with another identity key")
 
 
 @contextlib.asynccontextmanager
@@ -582,7 +587,7 @@ async def reply(
         SavedSession.load(paths, now=now)
         trusted = await _trusted(paths, keys.org, intake, socks, now)
         # Applicants verify replies against the directory: refuse to send one they would show as forged.
-        _check_listed(trusted.directory, keys)
+        keys = _check_listed(trusted.directory, keys)
         async with _staff(paths, socks, now) as staff:
             case = await _open_case(staff, source_for(paths, staff, case_id), keys, case_id)
             payload = Reply(case_id, keys.handler_id, message).seal_payload(keys.identity)
@@ -627,7 +632,7 @@ async def escalate(
         trusted = await _trusted(paths, keys.org, intake, socks, now)
         directory = trusted.directory
         # The integration service checks our delivery signature against the directory.
-        _check_listed(directory, keys)
+        keys = _check_listed(directory, keys)
         async with _staff(paths, socks, now) as staff:
             source = source_for(paths, staff, case_id)
             case = await _open_case(staff, source, keys, case_id)

@@ -272,16 +272,36 @@ def logout_command(vault: Path, socks: str | None) -> None:
 @_passphrase_file
 @click.option("--days", type=click.IntRange(1, 90), default=7, show_default=True, help="The new key's validity.")
 @click.option("--no-new-key", is_flag=True, help="Only destroy expired keys (after archiving their cases).")
+@click.option("--identity", is_flag=True, help="Also make a new identity key for the admins to list.")
 @_intake
 @_socks
 def rotate_command(
-    vault: Path, passphrase_file: Path | None, days: int, no_new_key: bool, intake: str | None, socks: str | None
+    vault: Path,
+    passphrase_file: Path | None,
+    days: int,
+    no_new_key: bool,
+    identity: bool,
+    intake: str | None,
+    socks: str | None,
 ) -> None:
     """Make the next intake key for the admins to list, and destroy expired ones (their cases archived first)."""
     paths = HandlerPaths(vault)
     done = _run(
-        rotate(paths, _passphrase(passphrase_file), days=days, new_key=not no_new_key, intake=intake, socks=socks)
+        rotate(
+            paths,
+            _passphrase(passphrase_file),
+            days=days,
+            new_key=not no_new_key,
+            identity=identity,
+            intake=intake,
+            socks=socks,
+        )
     )
+    if done.identity_promoted:
+        click.echo("The admins listed your new identity key: it is now your identity; the old one is destroyed.")
+    if done.new_identity is not None:
+        click.echo(f"New identity key {done.new_identity.fingerprint()} (waiting; the old one signs until listed)")
+        click.echo(f"Give the admins {paths.new_identity} (admin propose --identity FILE).")
     if done.new_key is not None:
         click.echo(f"New intake key {done.new_key.key.fingerprint()}")
         click.echo(f"  valid {_day(done.new_key.not_before)} to {_day(done.new_key.not_after)}")

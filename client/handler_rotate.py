@@ -13,21 +13,24 @@ from __future__ import annotations
 
 from dataclasses import dataclass
 
-from safepassage.crypto.directory import IntakeKey
+from safepassage.crypto.directory import Directory, IntakeKey
 from safepassage.crypto.encoding import canonical_json
-from safepassage.crypto.keys import HybridPrivateKey, KeyId
+from safepassage.crypto.keys import HybridPrivateKey, KeyId, SigningKey, VerifyKey
 from safepassage.crypto.privatefile import write_private
-from safepassage.crypto.vault import Passphrase, save_vault
+from safepassage.crypto.vault import Passphrase, VaultContents, save_vault
 
 from .errors import UsageError
 from .handler import DAY, MAX_INTAKE_DAYS, _check_listed, _now, _staff, _trusted, inbox
 from .handler_archive import archive_case
 from .handler_vault import (
     ARCHIVE_KEY,
+    IDENTITY_NEXT,
+    HandlerKeys,
     HandlerPaths,
     HeldIntakeKey,
     SavedSession,
     enrolment_document,
+    keys_from_contents,
     open_handler_vault,
     vault_lock,
 )
@@ -39,6 +42,42 @@ class Rotated:
     new_key: IntakeKey | None
     archived_cases: int
     destroyed: tuple[KeyId, ...]
+    #: A new identity key waiting for the admins (``new-identity.json``), if one was made.
+    new_identity: VerifyKey | None = None
+    #: Whether a waiting identity became the identity because a directory now lists it.
+    identity_promoted: bool = False
+
+
+def _promote_identity(contents: VaultContents, keys: HandlerKeys, directory: Directory) -> tuple[VaultContents, bool]:
+    """Once the admins list the waiting identity key, it becomes the identity and the old one is destroyed."""
+    if keys.identity_next is None:
+        return contents, False
+    listed = directory.handler(keys.handler_id).identity_key
+    if listed != keys.identity_next.verify_key:
+        return contents, False
+    contents = contents.with_entry("identity", keys.identity_next.seed_bytes_raw()).without(IDENTITY_NEXT)
+    return contents, True
+
+
+def _new_identity(
+    paths: HandlerPaths, contents: VaultContents, keys: HandlerKeys, now: int
+) -> tuple[VaultContents, VerifyKey]:
+    """A new identity key in the vault, and ``new-identity.json``: it and the current intake key signed by it."""
+    if keys.identity_next is not None:
+        raise UsageError("a new identity key is already waiting for the admins; publish it first")
+    identity = SigningKey.generate()
+    current = keys.current_intake(now)
+    entry = IntakeKey.create(
+        keys.handler_id,
+        identity,
+        current.entry.key,
+        not_before=current.entry.not_before,
+        not_after=current.entry.not_after,
+    )
+    write_private(
+        paths.new_identity, canonical_json(enrolment_document(keys.handler_id, identity, entry)), replace=True
+    )
+    return contents.with_entry(IDENTITY_NEXT, identity.seed_bytes_raw()), identity.verify_key
 
 
 async def rotate(
@@ -47,6 +86,7 @@ async def rotate(
     *,
     days: int = 7,
     new_key: bool = True,
+    identity: bool = False,
     intake: str | None = None,
     socks: str | None = None,
     now: int | None = None,
@@ -59,6 +99,12 @@ async def rotate(
         SavedSession.load(paths, now=now)
         trusted = await _trusted(paths, keys.org, intake, socks, now)
         _check_listed(trusted.directory, keys)
+        contents, promoted = _promote_identity(contents, keys, trusted.directory)
+        if promoted:
+            keys = keys_from_contents(contents)
+        new_identity = None
+        if identity:
+            contents, new_identity = _new_identity(paths, contents, keys, now)
         made: IntakeKey | None = None
         if new_key:
             private = HybridPrivateKey.generate()
@@ -72,7 +118,7 @@ async def rotate(
         if retiring and archive is None:
             archive = HybridPrivateKey.generate()
             contents = contents.with_entry(ARCHIVE_KEY, archive.private_bytes_raw())
-        # The new key and the archive key are in the vault before anything depends on them.
+        # The new keys and the archive key are in the vault before anything depends on them.
         save_vault(paths.vault, passphrase, contents)
         if made is not None:
             document = enrolment_document(keys.handler_id, keys.identity, made)
@@ -90,4 +136,4 @@ async def rotate(
                 contents = contents.without(held.vault_name)
             # Only now, with every case re-sealed to the archive key, do the old keys go.
             save_vault(paths.vault, passphrase, contents)
-    return Rotated(made, archived, tuple(k.private.key_id for k in retiring))
+    return Rotated(made, archived, tuple(k.private.key_id for k in retiring), new_identity, promoted)

@@ -62,8 +62,11 @@ SESSION_TYPE: Final = "safepassage/handler-session/v1"
 ENROLMENT_TYPE: Final = "safepassage/handler-enrolment/v1"
 INTAKE_KEY_FILE: Final = "intake-key.json"
 NEXT_INTAKE_KEY_FILE: Final = "next-intake-key.json"
+NEW_IDENTITY_FILE: Final = "new-identity.json"
 #: Vault entry of the local archive key (hybrid, never published, never sent anywhere).
 ARCHIVE_KEY: Final = "archive-key"
+#: Vault entry of a rotated identity key waiting for the admins to list it.
+IDENTITY_NEXT: Final = "identity.next"
 MAX_SMALL_FILE: Final = 64 * 1024
 _HANDLER = re.compile(r"[a-z][a-z0-9-]{0,63}")
 
@@ -122,6 +125,11 @@ class HandlerPaths:
     def next_intake_key(self) -> Path:
         """The public entry of a rotated intake key, for the admins (``handler rotate``)."""
         return self.vault.with_name(NEXT_INTAKE_KEY_FILE)
+
+    @property
+    def new_identity(self) -> Path:
+        """A rotated identity key with the current intake key signed by it, for the admins."""
+        return self.vault.with_name(NEW_IDENTITY_FILE)
 
     @property
     def archive(self) -> Path:
@@ -191,6 +199,8 @@ class HandlerKeys:
     intake: tuple[HeldIntakeKey, ...]
     replies: dict[str, tuple[str, bytes]]  # message id -> (case id, payload)
     archive: HybridPrivateKey | None = None
+    #: A new identity key made by ``handler rotate --identity``, used once a directory lists it.
+    identity_next: SigningKey | None = None
 
     def __repr__(self) -> str:
         return f"HandlerKeys({self.handler_id}, {len(self.intake)} intake key(s), {len(self.replies)} reply(ies))"
@@ -242,11 +252,12 @@ def keys_from_contents(contents: VaultContents) -> HandlerKeys:
                     b64d(get_str(obj, "payload", max_len=2 * MAX_PAYLOAD)),
                 )
         archive = HybridPrivateKey.from_private_bytes(contents.get(ARCHIVE_KEY)) if ARCHIVE_KEY in contents else None
+        identity_next = SigningKey.from_seed_bytes(contents.get(IDENTITY_NEXT)) if IDENTITY_NEXT in contents else None
     except (UnicodeDecodeError, KeyError) as exc:
         raise MalformedInput("this vault is not a handler vault") from exc
     if not _HANDLER.fullmatch(handler_id) or not intake:
         raise MalformedInput("this vault is not a handler vault")
-    return HandlerKeys(handler_id, org, identity, intake, replies, archive)
+    return HandlerKeys(handler_id, org, identity, intake, replies, archive, identity_next)
 
 
 def open_handler_vault(paths: HandlerPaths, passphrase: Passphrase) -> tuple[VaultContents, HandlerKeys]:

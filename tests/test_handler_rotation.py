@@ -19,10 +19,14 @@ from pathlib import Path
 import pytest
 from sqlalchemy import select
 
+from safepassage.client.applicant import check_mailbox
+from safepassage.client.errors import UsageError
 from safepassage.client.handler import enroll, escalate, inbox, login, read_case, reply
 from safepassage.client.handler_rotate import rotate
 from safepassage.client.handler_vault import HandlerPaths, open_handler_vault, read_enrolment_document
+from safepassage.client.intake_api import IntakeClient
 from safepassage.client.staff_api import StaffEnrolment
+from safepassage.client.trust import fetch_trusted_directory
 from safepassage.crypto import envelope as E
 from safepassage.crypto.directory import Handler
 from safepassage.crypto.errors import NotARecipient
@@ -39,6 +43,7 @@ from .handler_env import FLOOR, PASSPHRASE, PASSWORD
 from .intake_calls import Applicant, Calls
 from .integration_service import Integration
 from .staff_deployment import StaffDeployment, new_case, public_calls, staff  # noqa: F401
+from .test_handler_e2e import _contact, _enrolled
 
 pytestmark = pytest.mark.timeout(240)
 
@@ -189,3 +194,46 @@ async def test_rotation_archives_destroys_and_the_next_key_carries_a_full_case(
     opened = E.open_envelope(package.envelope, [dep.org.integration_key], expected_purpose=E.Purpose.ESCALATION)
     escalation = Escalation.open_payload(opened.plaintext, dep.directory)
     assert Contact.open_payload(escalation.contact).message == OLD_TEXT
+
+
+async def test_identity_rotation_through_the_admins_then_reply_and_escalation(
+    staff: StaffDeployment,  # noqa: F811
+    integration: Integration,
+    tmp_path: Path,
+) -> None:
+    dep = staff.dep
+    paths, _ = await _enrolled(staff, integration, tmp_path)
+    case_id, sent = await _contact(staff)
+    _, before = open_handler_vault(paths, PASSPHRASE)
+
+    done = await rotate(paths, PASSPHRASE, new_key=False, identity=True)
+    assert done.new_identity is not None
+    assert done.new_identity != before.identity.verify_key
+    with pytest.raises(UsageError):
+        await rotate(paths, PASSPHRASE, new_key=False, identity=True)
+    # Until the admins list it, the old identity still signs (the directory lists the old one).
+    await reply(paths, PASSPHRASE, case_id, "first, under the old identity")
+
+    start = now_ts() - 3600
+    roster = tuple(dep.org.handler(h, p, start=start) for h, p in ROSTER.items())
+    await staff.publish(dep.org.directory(3, handlers=(*roster, _dana(paths, paths.new_identity))))
+    await integration.service.keeper.refresh()
+    await reply(paths, PASSPHRASE, case_id, "second, under the new identity")
+    async with IntakeClient(dep.base_url) as client:
+        trusted = await fetch_trusted_directory(client, dep.org.admin_set.fingerprint(), None, now_ts())
+        replies = await check_mailbox(client, trusted, sent.codename)  # type: ignore[attr-defined]
+    # The applicant verifies each reply against the handler's identity in the directory it trusts now.
+    texts = {r.text for r in replies}
+    assert "second, under the new identity" in texts
+    escalated = await escalate(paths, PASSPHRASE, case_id, "assessment", integration=integration.base_url)
+    async with integration.store.read() as session:
+        package = await session.get(Package, escalated.package_id)
+    assert package is not None
+    assert package.state == "complete"
+
+    # The next rotation run sees the listing and makes the new identity the only one.
+    promoted = await rotate(paths, PASSPHRASE, new_key=False)
+    assert promoted.identity_promoted
+    _, after = open_handler_vault(paths, PASSPHRASE)
+    assert after.identity.verify_key == done.new_identity
+    assert after.identity_next is None

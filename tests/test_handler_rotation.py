@@ -28,13 +28,14 @@ from safepassage.client.intake_api import IntakeClient
 from safepassage.client.staff_api import StaffEnrolment
 from safepassage.client.trust import fetch_trusted_directory
 from safepassage.crypto import envelope as E
-from safepassage.crypto.directory import Handler
+from safepassage.crypto.directory import Handler, IntegrationService
 from safepassage.crypto.errors import NotARecipient
 from safepassage.crypto.intake import AttachmentInfo, Contact
 from safepassage.crypto.keys import VerifyKey
 from safepassage.crypto.staffmsg import Escalation
 from safepassage.server.db.models import Chunk, Mailbox
 from safepassage.server.db.models import Contact as ContactRow
+from safepassage.server.integration.keys import add_encryption_key, create_officer_vault, open_officer_keys
 from safepassage.server.integration.models import Package
 from safepassage.server.staff.totp import Totp, TotpSecret, counter_at
 
@@ -237,3 +238,34 @@ async def test_identity_rotation_through_the_admins_then_reply_and_escalation(
     _, after = open_handler_vault(paths, PASSPHRASE)
     assert after.identity.verify_key == done.new_identity
     assert after.identity_next is None
+
+
+async def test_integration_key_rotation_then_escalation(
+    staff: StaffDeployment,  # noqa: F811
+    integration: Integration,
+    tmp_path: Path,
+) -> None:
+    dep = staff.dep
+    vault = tmp_path / "officer.vault"
+    create_officer_vault(vault, PASSPHRASE, [dep.org.integration_key], **FLOOR)
+    new = add_encryption_key(vault, PASSPHRASE)
+    held = open_officer_keys(vault, PASSPHRASE)
+    assert {k.key_id for k in held} == {dep.org.integration_key.key_id, new.key_id}
+
+    paths, _ = await _enrolled(staff, integration, tmp_path)
+    case_id, _ = await _contact(staff)
+    start = now_ts() - 3600
+    roster = tuple(dep.org.handler(h, p, start=start) for h, p in ROSTER.items())
+    service = IntegrationService(dep.org.integration_signing.verify_key, (new.public_key,))
+    await staff.publish(dep.org.directory(3, handlers=(*roster, _dana(paths, paths.intake_key)), integration=service))
+    await integration.service.keeper.refresh()
+    escalated = await escalate(paths, PASSPHRASE, case_id, "assessment", integration=integration.base_url)
+    async with integration.store.read() as session:
+        package = await session.get(Package, escalated.package_id)
+    assert package is not None
+    # Sealed to the new key only; the officer's vault (old and new keys) opens it.
+    assert E.parse_header(package.envelope).recipients == (new.key_id,)
+    with pytest.raises(NotARecipient):
+        E.open_envelope(package.envelope, [dep.org.integration_key], expected_purpose=E.Purpose.ESCALATION)
+    opened = E.open_envelope(package.envelope, held, expected_purpose=E.Purpose.ESCALATION)
+    assert Escalation.open_payload(opened.plaintext, dep.directory).contact_id == case_id

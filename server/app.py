@@ -18,7 +18,7 @@ from sqlalchemy import delete, select
 
 from safepassage.crypto.envelope import CHUNK_LEN
 
-from . import intake, witness
+from . import intake, log_api
 from .config import ServerConfig
 from .context import INTAKE, Intake
 from .db.engine import Store, make_engine
@@ -95,7 +95,7 @@ def create_app(config: ServerConfig, *, store: Store | None = None) -> web.Appli
     app = web.Application(middlewares=[error_middleware], client_max_size=CLIENT_MAX_SIZE)
     app.on_response_prepare.append(add_security_headers)
     app.add_routes(intake.routes)
-    app.add_routes(witness.routes)
+    app.add_routes(log_api.routes)
 
     async def resources(app: web.Application) -> AsyncIterator[None]:
         own_store = store is None

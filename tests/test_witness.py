@@ -12,9 +12,17 @@ from safepassage.client.intake_api import IntakeClient
 from safepassage.client.trust import HeadState, fetch_trusted_directory
 from safepassage.client.witness import STATE_FILE, cosign, init_witness
 from safepassage.crypto import labels as L
+from safepassage.crypto.encoding import canonical_json
 from safepassage.crypto.errors import BelowThreshold, Fork
 from safepassage.crypto.threshold import KeySet, Signature
-from safepassage.crypto.translog import TreeHead, root_hash
+from safepassage.crypto.translog import (
+    SignedTreeHead,
+    TreeHead,
+    leaf_hash,
+    root_hash,
+    verify_consistency,
+    verify_inclusion,
+)
 from safepassage.server.config import ConfigError, ServerConfig
 from safepassage.server.context import INTAKE, Intake
 
@@ -123,3 +131,41 @@ def test_witness_init_refuses_a_used_folder(tmp_path: Path) -> None:
     (tmp_path / "w" / "other").write_text("x")
     with pytest.raises(UsageError):
         init_witness(tmp_path / "w")
+
+
+async def test_auditor_endpoints_prove_every_published_head(deployment: Deployment, public_calls: Calls) -> None:  # noqa: F811
+    dep = deployment
+    for version in (2, 3, 4):
+        await dep.publish(
+            dep.org.directory(version, handlers=dep.directory.handlers), timestamp=1_700_000_100 + version
+        )
+    await dep.app[INTAKE].refresh()
+    size = dep.published.log.size
+    heads = {}
+    for n in range(1, size + 1):
+        answer = await public_calls.call("GET", f"/api/v1/log/heads/{n}")
+        assert answer.status == 200
+        heads[n] = SignedTreeHead.from_json(answer.body)
+        heads[n].verify(dep.org.admin_set)
+    entries = (await public_calls.call("GET", f"/api/v1/log/entries?start=0&end={size}")).body["entries"]
+    for n in range(1, size + 1):
+        for i in range(n):
+            answer = await public_calls.call("GET", f"/api/v1/log/proof/inclusion?index={i}&size={n}")
+            proof = [bytes.fromhex(h) for h in answer.body["proof"]]
+            verify_inclusion(leaf_hash(canonical_json(entries[i])), i, n, proof, heads[n].head.root)
+        for m in range(1, n + 1):
+            answer = await public_calls.call("GET", f"/api/v1/log/proof/consistency?first={m}&second={n}")
+            proof = [bytes.fromhex(h) for h in answer.body["proof"]]
+            verify_consistency(m, n, heads[m].head.root, heads[n].head.root, proof)
+    for path, status in (
+        ("/api/v1/log/heads/99", 404),
+        ("/api/v1/log/heads/x", 400),
+        ("/api/v1/log/proof/inclusion?index=4&size=4", 400),
+        ("/api/v1/log/proof/inclusion?index=0&size=99", 404),
+        ("/api/v1/log/proof/inclusion?index=-1&size=2", 400),
+        ("/api/v1/log/proof/consistency?first=0&second=2", 400),
+        ("/api/v1/log/proof/consistency?first=3&second=2", 400),
+        ("/api/v1/log/proof/consistency?first=1&second=99", 404),
+        ("/api/v1/log/proof/consistency?first=1", 400),
+    ):
+        assert (await public_calls.call("GET", path)).status == status, path

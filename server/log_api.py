@@ -1,4 +1,10 @@
-"""Witness cosignatures on tree heads (docs/protocol.md, 8.8).
+"""The log for auditors and witnesses: stored heads, inclusion and consistency proofs, cosignatures (8).
+
+The directory endpoint gives an applicant what it needs (the newest entry, its
+inclusion, a consistency proof from the size it remembers). An auditor or a
+witness also asks for any published head, and for proofs between any sizes.
+
+Witness cosignatures on tree heads (docs/protocol.md, 8.8).
 
 A witness is an independent party that follows the log, checks each new head
 against the last one it cosigned (no fork, no rollback) and sends its
@@ -18,17 +24,59 @@ from safepassage.crypto import labels as L
 from safepassage.crypto.encoding import JsonObject, canonical_json
 from safepassage.crypto.errors import BadSignature, SafePassageError
 from safepassage.crypto.threshold import Signature
-from safepassage.crypto.translog import SignedTreeHead
+from safepassage.crypto.translog import MAX_TREE_SIZE, SignedTreeHead
 
 from .context import intake_of
 from .db.models import TreeHeadRecord
 from .directory_store import parse_signed_head
 from .errors import ApiError, bad_request, from_crypto
+from .inputs import path_int, query_int
 from .staff.body import read_json
 
 routes = web.RouteTableDef()
 
 MAX_BODY: Final = 1024
+
+
+@routes.get("/api/v1/log/heads/{size}", name="log_head")
+async def get_head(request: web.Request) -> web.Response:
+    app = intake_of(request)
+    size = path_int(request, "size", MAX_TREE_SIZE)
+    async with app.store.read() as session:
+        row = await session.get(TreeHeadRecord, size)
+    if row is None:
+        raise ApiError(404, "no_such_head", "No tree head of that size was published.")
+    return web.Response(body=row.signed_head, content_type="application/json")
+
+
+def _sizes(request: web.Request, first: str, second: str, size: int) -> tuple[int, int]:
+    a = query_int(request, first, default=None, maximum=MAX_TREE_SIZE)
+    b = query_int(request, second, default=None, maximum=MAX_TREE_SIZE)
+    if b > size:
+        raise ApiError(404, "beyond_log", f"The log has {size} entries.")
+    return a, b
+
+
+@routes.get("/api/v1/log/proof/inclusion", name="log_inclusion")
+async def get_inclusion(request: web.Request) -> web.Response:
+    """The inclusion proof (8.3) of entry ``index`` in the tree of the first ``size`` entries."""
+    log = intake_of(request).published().log
+    index, size = _sizes(request, "index", "size", log.size)
+    if not index < size:
+        raise bad_request("Ask with 0 <= index < size.", "bad_range")
+    proof = log.inclusion_proof(index, size)
+    return web.json_response({"index": index, "size": size, "proof": [h.hex() for h in proof]})
+
+
+@routes.get("/api/v1/log/proof/consistency", name="log_consistency")
+async def get_consistency(request: web.Request) -> web.Response:
+    """The consistency proof (8.4) from the tree of ``first`` entries to the tree of ``second``."""
+    log = intake_of(request).published().log
+    first, second = _sizes(request, "first", "second", log.size)
+    if not 0 < first <= second:
+        raise bad_request("Ask with 0 < first <= second.", "bad_range")
+    proof = log.consistency_proof(first, second)
+    return web.json_response({"first": first, "second": second, "proof": [h.hex() for h in proof]})
 
 
 def _body(value: JsonObject) -> tuple[int, Signature]:

@@ -14,6 +14,7 @@ import io
 import sys
 from pathlib import Path
 
+import aiohttp
 import pyotp
 import pytest
 
@@ -209,3 +210,30 @@ def test_admin_init_makes_a_vault_and_refuses_to_overwrite(tmp_path: Path, capsy
     assert vault.stat().st_mode & 0o077 == 0
     assert main(["admin", "init", "--vault", str(vault), "--passphrase-file", str(passphrase)]) != 0
     assert capsys.readouterr().err.startswith("error:")
+
+
+async def test_admin_invites_a_handler_who_enrols_with_the_code(
+    staff: StaffDeployment,  # noqa: F811
+    tmp_path: Path,
+) -> None:
+    ada = await _admin(staff, tmp_path, "ada", staff.dep.org.admins[0])
+    code, out, err = await cli("admin", "invite", "--vault", str(ada.vault), "--user", "dave", "--role", "handler")
+    assert code == 0, err
+    invitation = out.splitlines()[1].strip()
+    assert "cannot receive contacts until M admins" in out
+    # The code opens enrolment for that name (used up at the first code, tested with the staff app).
+    assert await staff_calls_enroll(staff, invitation) == 201
+    assert await staff_calls_enroll(staff, "x" * 43) == 403
+    code, out, err = await cli("admin", "invite", "--vault", str(ada.vault), "--user", "Bad Name", "--role", "handler")
+    assert code != 0
+    assert err.startswith("error:")
+
+
+async def staff_calls_enroll(sd: StaffDeployment, invitation: str) -> int:
+    async with (
+        aiohttp.ClientSession() as session,
+        session.post(
+            sd.base_url + "/staff/v1/enroll", json={"invitation": invitation, "password": PASSWORD}
+        ) as response,
+    ):
+        return response.status

@@ -242,6 +242,13 @@ async def test_admin_set_change_needs_old_and_new_and_a_removed_admin_no_longer_
     assert (await _sign(staff_calls, admin, pid3, _dir_sig(a2, v3), 422))["error"]["code"] == "not_an_admin"
     served = await _served(staff)
     assert served.admins == new_set
+    # A client that pinned the original organisation walks the chain and sends a contact.
+    async with IntakeClient(dep.base_url) as client:
+        trusted = await fetch_trusted_directory(client, dep.org.admin_set.fingerprint(), None, now_ts())
+        sent = await send_contact(
+            client, trusted, pool="general", language="ru", message="x", fields={}, attachments=[]
+        )
+    assert sent.receipt.day
 
 
 async def test_only_admins_may_propose(staff: StaffDeployment, staff_calls: StaffCalls) -> None:

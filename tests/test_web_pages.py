@@ -20,6 +20,8 @@ from sqlalchemy import select
 
 from safepassage.crypto import envelope as E
 from safepassage.crypto.intake import Contact, FollowUp
+from safepassage.server.config import ConfigError, load_config
+from safepassage.server.context import INTAKE
 from safepassage.server.db.models import Chunk, Message
 from safepassage.server.db.models import Contact as ContactRow
 from safepassage.server.security import HEADERS
@@ -42,7 +44,9 @@ from .web_helpers import (
 PAGES = ("", "safety", "contact", "return")
 
 
-def _contact_form(token: str, *, message: str = CANARY, files: list[tuple[str, bytes]] | None = None, **extra: str) -> aiohttp.FormData:
+def _contact_form(
+    token: str, *, message: str = CANARY, files: list[tuple[str, bytes]] | None = None, **extra: str
+) -> aiohttp.FormData:
     form = aiohttp.FormData(default_to_multipart=True)
     form.add_field("form", token)
     form.add_field("pool", extra.pop("pool", "general"))
@@ -88,7 +92,9 @@ async def test_pages_in_both_languages_are_static_safe_and_strict(deployment: De
                 assert f'<html lang="{lang}">' in body
                 assert word in body
                 # No inline script or style, nothing from elsewhere.
-                assert "<script" not in body and "<style" not in body and " style=" not in body
+                assert "<script" not in body
+                assert "<style" not in body
+                assert " style=" not in body
                 assert not re.search(r'(src|href|action)="(https?:)?//', body)
                 assert deployment.org.admin_set.fingerprint() in body
                 # Every visible input has a label.
@@ -106,6 +112,7 @@ async def test_browser_banner_follows_user_agent_and_host(deployment: Deployment
     tor_ua = "Mozilla/5.0 (Windows NT 10.0; rv:128.0) Gecko/20100101 Firefox/128.0"
     onion = "a" * 56 + ".onion"
     async with aiohttp.ClientSession() as session:
+
         async def banner(ua: str, host: str | None) -> bool:
             headers = {"User-Agent": ua} | ({"Host": host} if host else {})
             async with session.get(deployment.base_url + "/en/", headers=headers) as resp:
@@ -136,7 +143,10 @@ async def test_server_sealed_contact_reply_and_follow_up(
         async with deployment.store.read() as s:
             [row] = (await s.scalars(select(ContactRow))).all()
             chunks = (await s.scalars(select(Chunk).order_by(Chunk.attachment, Chunk.index))).all()
-        assert row.server_sealed and row.state == "complete" and row.attachments == 2 and row.pool == "general"
+        assert row.server_sealed
+        assert row.state == "complete"
+        assert row.attachments == 2
+        assert row.pool == "general"
         opened = E.open_envelope(row.envelope, [deployment.org.intake["carol"]], expected_purpose=E.Purpose.CONTACT)
         contact = Contact.open_payload(opened.plaintext)
         assert contact.message == CANARY
@@ -154,17 +164,22 @@ async def test_server_sealed_contact_reply_and_follow_up(
 
         # Return: no reply yet; then a real handler reply and a forged one.
         token = form_token(await _get(session, deployment.base_url + "/en/return"))
-        async with session.post(deployment.base_url + "/en/return", data={"form": token, "codename": codename, "action": "read"}) as resp:
+        async with session.post(
+            deployment.base_url + "/en/return", data={"form": token, "codename": codename, "action": "read"}
+        ) as resp:
             assert resp.status == 200
             assert 'id="no-replies"' in await resp.text()
         await plant_reply(deployment, codename, row.id, row.owner, "We read you. Write on Thursday.")
         await plant_forged_reply(deployment, codename, row.id, "forged: come to the embassy")
         token = form_token(await _get(session, deployment.base_url + "/en/return"))
-        async with session.post(deployment.base_url + "/en/return", data={"form": token, "codename": codename.upper(), "action": "read"}) as resp:
+        async with session.post(
+            deployment.base_url + "/en/return", data={"form": token, "codename": codename.upper(), "action": "read"}
+        ) as resp:
             page = await resp.text()
             assert resp.status == 200
         assert "We read you. Write on Thursday." in page
-        assert row.owner.title() in page and "signature checked" in page
+        assert row.owner.title() in page
+        assert "signature checked" in page
         assert "forged: come to the embassy" not in page
         assert "not signed by the organisation" in page
 
@@ -176,8 +191,11 @@ async def test_server_sealed_contact_reply_and_follow_up(
             assert 'id="follow-up-sent"' in await resp.text()
     async with deployment.store.read() as s:
         [follow] = (await s.scalars(select(Message).where(Message.kind == "follow-up"))).all()
-    assert follow.server_sealed and follow.contact_id == row.id
-    opened_follow = E.open_envelope(follow.envelope, [deployment.org.intake["alice"]], expected_purpose=E.Purpose.FOLLOW_UP)
+    assert follow.server_sealed
+    assert follow.contact_id == row.id
+    opened_follow = E.open_envelope(
+        follow.envelope, [deployment.org.intake["alice"]], expected_purpose=E.Purpose.FOLLOW_UP
+    )
     assert FollowUp.open_payload(opened_follow.plaintext).message == CANARY_FOLLOW_UP
 
     # The plaintexts are nowhere: no row, no file (data folder, temp folder), no log line.
@@ -194,6 +212,7 @@ async def test_hostile_contact_forms_are_refused_and_store_nothing(deployment: D
     base = deployment.base_url
     before = await deployment.snapshot()
     async with aiohttp.ClientSession() as session:
+
         async def post(form: aiohttp.FormData | dict[str, str] | bytes, **kw: object) -> tuple[int, str]:
             async with session.post(base + "/ru/contact", data=form, **kw) as resp:  # type: ignore[arg-type]
                 return resp.status, await resp.text()
@@ -203,7 +222,9 @@ async def test_hostile_contact_forms_are_refused_and_store_nothing(deployment: D
         status, _ = await post(_contact_form(token, message="one", pool="no-such-pool"))
         assert status == 400
         status, page = await post(_contact_form(token, message="kept text"))
-        assert status == 409 and "kept text" in page and "уже отправлена" in page
+        assert status == 409
+        assert "kept text" in page
+        assert "уже отправлена" in page
         # Forged, expired-looking or missing tokens.
         assert (await post(_contact_form("AAAA")))[0] == 400
         assert (await post(_contact_form("")))[0] == 400
@@ -224,7 +245,8 @@ async def test_hostile_contact_forms_are_refused_and_store_nothing(deployment: D
         # Too large: the upload limit and the number of files.
         limit = deployment.config.web_max_upload_bytes
         status, page = await post(_contact_form(token, message="big", files=[("a.bin", b"x" * (limit + 1))]))
-        assert status == 413 and "big" in page
+        assert status == 413
+        assert "big" in page
         many = [(f"{i}.txt", b"x") for i in range(deployment.config.max_attachments + 1)]
         assert (await post(_contact_form(token, files=many)))[0] == 413
         # A message too long for the largest envelope.
@@ -236,13 +258,15 @@ async def test_hostile_contact_forms_are_refused_and_store_nothing(deployment: D
 async def test_hostile_return_forms(deployment: Deployment, watched_tmp: Path) -> None:
     base = deployment.base_url
     async with aiohttp.ClientSession() as session:
+
         async def post(data: object, **kw: object) -> tuple[int, str]:
             async with session.post(base + "/en/return", data=data, **kw) as resp:  # type: ignore[arg-type]
                 return resp.status, await resp.text()
 
         token = form_token(await _get(session, base + "/en/return"))
         status, page = await post({"form": token, "codename": "not a real codename at all", "action": "read"})
-        assert status == 400 and "not a valid codename" in page
+        assert status == 400
+        assert "not a valid codename" in page
         # Multipart is refused before aiohttp could spool a file to disk.
         form = aiohttp.FormData()
         form.add_field("codename", b"x" * 100_000, filename="f.bin")
@@ -263,8 +287,7 @@ async def test_hostile_return_forms(deployment: Deployment, watched_tmp: Path) -
 
 
 async def test_operator_can_switch_server_sealing_off(deployment: Deployment) -> None:
-    app = deployment.app
-    state = app[next(k for k in app if getattr(k, "name", "") == "intake")]
+    state = deployment.app[INTAKE]
     state.config = replace(state.config, web_server_sealing=0)
     before = await deployment.snapshot()
     async with aiohttp.ClientSession() as session:
@@ -287,7 +310,21 @@ async def test_derivations_are_rate_limited(deployment: Deployment) -> None:
     async with aiohttp.ClientSession() as session:
         for expected in (201, 429):
             token = form_token(await _get(session, deployment.base_url + "/en/contact"))
-            async with session.post(deployment.base_url + "/en/contact", data=_contact_form(token, message="kept")) as resp:
+            async with session.post(
+                deployment.base_url + "/en/contact", data=_contact_form(token, message="kept")
+            ) as resp:
                 assert resp.status == expected
                 if expected == 429:
                     assert "kept" in await resp.text()
+
+
+def test_web_settings_are_checked(tmp_path: Path) -> None:
+    assert load_config(tmp_path, env={"SAFEPASSAGE_WEB_SERVER_SEALING": "0"}).web_server_sealing == 0
+    for name, value in (
+        ("WEB_SERVER_SEALING", "2"),
+        ("WEB_MAX_UPLOAD_BYTES", str(300 * 1024 * 1024)),
+        ("WEB_SEALING_PER_MINUTE", "0"),
+        ("OPERATOR_NAME", "x" * 201),
+    ):
+        with pytest.raises(ConfigError):
+            load_config(tmp_path, env={f"SAFEPASSAGE_{name}": value})

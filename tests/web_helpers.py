@@ -41,7 +41,9 @@ async def plant_reply(deployment: Deployment, codename: str, contact_id: str, ha
     """A handler's reply, written to the mailbox the way the handler client seals and the staff API stores it."""
     keys = derive_applicant_keys(parse_codename(codename))
     payload = HandlerReply(contact_id, handler, text).seal_payload(deployment.org.identities[handler])
-    await _store_reply(deployment, keys.mailbox_id.hex(), contact_id, E.seal(payload, [keys.reply_key.public_key], E.Purpose.REPLY))
+    await _store_reply(
+        deployment, keys.mailbox_id.hex(), contact_id, E.seal(payload, [keys.reply_key.public_key], E.Purpose.REPLY)
+    )
 
 
 async def plant_forged_reply(deployment: Deployment, codename: str, contact_id: str, text: str) -> None:
@@ -50,12 +52,16 @@ async def plant_forged_reply(deployment: Deployment, codename: str, contact_id: 
 
     keys = derive_applicant_keys(parse_codename(codename))
     payload = HandlerReply(contact_id, "alice", text).seal_payload(signing_key("impostor"))
-    await _store_reply(deployment, keys.mailbox_id.hex(), contact_id, E.seal(payload, [keys.reply_key.public_key], E.Purpose.REPLY))
+    await _store_reply(
+        deployment, keys.mailbox_id.hex(), contact_id, E.seal(payload, [keys.reply_key.public_key], E.Purpose.REPLY)
+    )
 
 
 async def _store_reply(deployment: Deployment, mailbox_id: str, contact_id: str, sealed: E.SealedEnvelope) -> None:
     async with deployment.store.write() as session:
-        seq = await session.scalar(select(func.coalesce(func.max(Message.seq), 0)).where(Message.mailbox_id == mailbox_id))
+        seq = await session.scalar(
+            select(func.coalesce(func.max(Message.seq), 0)).where(Message.mailbox_id == mailbox_id)
+        )
         session.add(
             Message(
                 id=f"r_{(seq or 0) + 1:012d}",

@@ -35,7 +35,7 @@ _TEXT_LIMITS: Final = {
     "pool": _SHORT,
     "language": _SHORT,
     "message": MAX_BODY,
-    **{name: 4 * MAX_FIELD_CHARS for name in FIELD_NAMES},
+    **dict.fromkeys(FIELD_NAMES, 4 * MAX_FIELD_CHARS),
 }
 
 
@@ -97,17 +97,17 @@ async def _read_text(part: BodyPartReader, limit: int) -> str:
         raise bad_request("A form field is not valid UTF-8.") from None
 
 
-async def read_contact_form(request: web.Request, *, max_upload: int, max_files: int) -> ContactForm:
+async def read_contact_form(request: web.Request, form: ContactForm, *, max_upload: int, max_files: int) -> None:
+    """Fill ``form`` part by part; on a refusal the text read so far stays in it (to show it again)."""
     if request.content_type != "multipart/form-data":
         raise ApiError(415, "unsupported_media_type", "Send the form as multipart/form-data.")
     reader = await request.multipart()
-    form = ContactForm()
     total = 0
     try:
         for _ in range(MAX_PARTS):
             part = await reader.next()
             if part is None:
-                return form
+                return
             if not isinstance(part, BodyPartReader):
                 raise bad_request("Nested multipart bodies are not accepted.")
             name = part.name or ""

@@ -14,6 +14,7 @@ from importlib import resources
 from typing import Any, Final
 
 import aiohttp_jinja2
+import jinja2
 from aiohttp import web
 
 from safepassage.crypto.codename import parse_codename
@@ -39,7 +40,7 @@ log = logging.getLogger("safepassage.server")
 routes = web.RouteTableDef()
 LANG: Final = "{lang:ru|en}"
 SEALER = web.AppKey("web_sealer", WebSealer)
-ENV_KEYS: Final = {code: web.AppKey(f"jinja2_{code}", object) for code in LANGUAGES}
+ENV_KEYS: Final = {code: web.AppKey(f"jinja2_{code}", jinja2.Environment) for code in LANGUAGES}
 STYLE: Final = resources.files("safepassage.server.web").joinpath("static/style.css").read_bytes()
 _RETURN_FIELDS: Final = {"form": 1024, "codename": 512, "contact": 64, "message": 1024 * 1024, "action": 16}
 
@@ -166,16 +167,15 @@ async def contact_send(request: web.Request) -> web.StreamResponse:
     cfg = app.config
     form = ContactForm()
     try:
-        form = await read_contact_form(request, max_upload=cfg.web_max_upload_bytes, max_files=cfg.max_attachments)
-        try:
-            _check_contact_form(form)
-            await spend_form_token(app, form.get("form"))
-            sent = await seal_contact(app, request.app[SEALER], form, language=form.get("language"))
-        except ApiError as exc:
-            # The applicant's words come back in this one response (no-store),
-            # so a refusal never loses a message they may not dare write twice.
-            values = {k: v for k, v in form.text.items() if k != "form"}
-            return _contact_page(request, status=exc.status, error_code=exc.code, values=values)
+        await read_contact_form(request, form, max_upload=cfg.web_max_upload_bytes, max_files=cfg.max_attachments)
+        _check_contact_form(form)
+        await spend_form_token(app, form.get("form"))
+        sent = await seal_contact(app, request.app[SEALER], form, language=form.get("language"))
+    except ApiError as exc:
+        # The applicant's words come back in this one response (no-store),
+        # so a refusal never loses a message they may not dare write twice.
+        values = {k: v for k, v in form.text.items() if k != "form"}
+        return _contact_page(request, status=exc.status, error_code=exc.code, values=values)
     finally:
         form.wipe()
     return render(request, "codename.html", "contact", 201, codename=sent.codename.reveal(), day=sent.day)

@@ -34,11 +34,20 @@ from sqlalchemy import func, select
 
 from safepassage.crypto import pow as W
 from safepassage.crypto.codename import ApplicantKeys, Codename, derive_applicant_keys, generate_codename
-from safepassage.crypto.envelope import MAX_BODY, CHUNK_LEN, Purpose, SealedEnvelope, open_envelope, seal
-from safepassage.crypto.errors import BadSignature, ExpiredKey, MalformedInput, PowRejected, SafePassageError
-from safepassage.crypto.intake import AttachmentInfo, Contact, FollowUp, attachment_chunk_count, sign_submission
-from safepassage.crypto.intake import verify_submission
+from safepassage.crypto.directory import Handler
 from safepassage.crypto.encoding import canonical_json
+from safepassage.crypto.envelope import CHUNK_LEN, MAX_BODY, Purpose, SealedEnvelope, open_envelope, seal
+from safepassage.crypto.errors import BadSignature, ExpiredKey, MalformedInput, PowRejected, SafePassageError
+from safepassage.crypto.intake import (
+    AttachmentInfo,
+    Contact,
+    FollowUp,
+    Kind,
+    attachment_chunk_count,
+    sign_submission,
+    verify_submission,
+)
+from safepassage.crypto.keys import HybridPublicKey
 from safepassage.crypto.staffmsg import Reply as HandlerReply
 
 from .. import intake as api
@@ -110,7 +119,7 @@ async def spend_form_token(app: Intake, token: str) -> None:
 # --- shared steps ----------------------------------------------------------------------------------------
 
 
-def _recipients(app: Intake, pool: str, now: int) -> list[tuple[str, object]]:
+def _recipients(app: Intake, pool: str, now: int) -> list[tuple[Handler, HybridPublicKey]]:
     directory = app.published().directory
     if pool not in {p.name for p in directory.pools}:
         raise bad_request("Choose one of the listed pools.", "unknown_pool")
@@ -139,7 +148,7 @@ def _checked_as_api(
 ) -> None:
     """The checks ``/api/v1`` runs on a client's upload, on ours: what we store is what a client would post."""
     api._check_envelope(app, sealed.data, purpose, pool, now)
-    kind = "contact" if purpose == Purpose.CONTACT else "follow-up"
+    kind: Kind = "contact" if purpose == Purpose.CONTACT else "follow-up"
     try:
         verify_submission(
             keys.mailbox_key.verify_key,
@@ -210,15 +219,19 @@ async def seal_contact(app: Intake, sealer: WebSealer, form: ContactForm, *, lan
     sealed = seal(payload, [key for _, key in recipients], Purpose.CONTACT)
     del payload, contact
     attachments = len(form.files)
-    signature = sign_submission(keys.mailbox_key, kind="contact", pool=pool, attachments=attachments, envelope=sealed.data)
+    signature = sign_submission(
+        keys.mailbox_key, kind="contact", pool=pool, attachments=attachments, envelope=sealed.data
+    )
     _checked_as_api(app, sealed, Purpose.CONTACT, pool, now, signature, keys, attachments=attachments, contact_id="")
     frames = await asyncio.to_thread(_seal_attachments, sealed, form)
     mailbox_id = keys.mailbox_id.hex()
     contact_id = api._new_id()
-    candidates = [h.handler_id for h, _ in recipients]  # type: ignore[attr-defined]
+    candidates = [h.handler_id for h, _ in recipients]
     async with api._writing(app) as session:
         # A fresh codename: this mailbox is new (a collision of 2^-128 would be refused here).
-        session.add(Mailbox(id=mailbox_id, public_key=keys.mailbox_key.verify_key.public_bytes_raw(), created_day=today))
+        session.add(
+            Mailbox(id=mailbox_id, public_key=keys.mailbox_key.verify_key.public_bytes_raw(), created_day=today)
+        )
         owner = await api._choose_owner(session, pool, candidates)
         session.add(
             ContactRow(

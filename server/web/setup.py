@@ -16,7 +16,7 @@ def setup_pages(app: web.Application, config: ServerConfig) -> None:
     for code in LANGUAGES:
         env = aiohttp_jinja2.setup(
             app,
-            app_key=ENV_KEYS[code],  # type: ignore[arg-type]
+            app_key=ENV_KEYS[code],
             loader=jinja2.PackageLoader("safepassage.server.web", "templates"),
             autoescape=True,
             extensions=["jinja2.ext.i18n"],

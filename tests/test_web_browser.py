@@ -18,11 +18,11 @@ from sqlalchemy import select
 
 from safepassage.crypto import envelope as E
 from safepassage.crypto.intake import Contact, FollowUp
-from safepassage.server.db.models import Message
 from safepassage.server.db.models import Contact as ContactRow
+from safepassage.server.db.models import Message
 from safepassage.server.security import add_security_headers
 
-from .browser import browser, csp_violations, screenshot  # noqa: F401
+from .browser import csp_violations, screenshot
 from .deployment import Deployment
 from .web_helpers import CANARY, CANARY_FIELD, CANARY_FOLLOW_UP, all_rows, files_containing, plant_reply
 

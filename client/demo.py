@@ -294,7 +294,9 @@ class _Demo:
         await _serve(stack, self.intake_app, self.sockets["intake"])
         await _serve(stack, self.staff_app, self.sockets["staff"])
         self.out.say(f"public intake: {self.intake_url}    staff API: {self.staff_url}")
-        self.out.say(f"applicant web pages (Tor Browser, JavaScript optional): {self.intake_url}/ru/ and {self.intake_url}/en/")
+        self.out.say(
+            f"applicant web pages (Tor Browser, JavaScript optional): {self.intake_url}/ru/ and {self.intake_url}/en/"
+        )
 
     async def enrol(self, name: str) -> None:
         code, _ = await create_invitation(

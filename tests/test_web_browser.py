@@ -11,6 +11,7 @@ from __future__ import annotations
 import asyncio
 from collections.abc import AsyncIterator
 from pathlib import Path
+from typing import Any
 
 import pytest
 from aiohttp import web
@@ -67,6 +68,15 @@ async def test_the_violation_detector_sees_violations_and_scripts_are_off(browse
     assert nojs == "off"  # <noscript> content shows: JavaScript is off
 
 
+def _wait(driver: object, element_id: str) -> Any:
+    """The element once the page that has it loaded: the server derives a codename (Argon2id) before answering."""
+    from selenium.webdriver.common.by import By
+    from selenium.webdriver.support import expected_conditions
+    from selenium.webdriver.support.ui import WebDriverWait
+
+    return WebDriverWait(driver, 60).until(expected_conditions.presence_of_element_located((By.ID, element_id)))
+
+
 def _contact(driver: object, base: str, lang: str, files: list[Path]) -> tuple[str, list[str], list[Path]]:
     from selenium.webdriver.common.by import By
     from selenium.webdriver.support.ui import Select
@@ -86,7 +96,7 @@ def _contact(driver: object, base: str, lang: str, files: list[Path]) -> tuple[s
     shots.append(screenshot(driver, f"{lang}-contact"))
     violations += csp_violations(driver)
     driver.find_element(By.CSS_SELECTOR, "button[type=submit]").click()  # type: ignore[attr-defined]
-    codename = driver.find_element(By.ID, "codename").text  # type: ignore[attr-defined]
+    codename = _wait(driver, "codename").text
     shots.append(screenshot(driver, f"{lang}-codename"))
     violations += csp_violations(driver)
     return codename, violations, shots
@@ -99,13 +109,13 @@ def _return(driver: object, base: str, lang: str, codename: str) -> tuple[str, l
     driver.get(f"{base}/{lang}/return")  # type: ignore[attr-defined]
     driver.find_element(By.ID, "codename").send_keys(codename)  # type: ignore[attr-defined]
     driver.find_element(By.CSS_SELECTOR, "button[value=read]").click()  # type: ignore[attr-defined]
-    replies = driver.find_element(By.CSS_SELECTOR, "ol.replies").text  # type: ignore[attr-defined]
+    replies = _wait(driver, "replies").text
     shots.append(screenshot(driver, f"{lang}-return-replies"))
     violations += csp_violations(driver)
     driver.find_element(By.ID, "codename").send_keys(codename)  # type: ignore[attr-defined]
     driver.find_element(By.ID, "message").send_keys(f"{CANARY_FOLLOW_UP} ({lang})")  # type: ignore[attr-defined]
     driver.find_element(By.CSS_SELECTOR, "button[value=follow-up]").click()  # type: ignore[attr-defined]
-    assert driver.find_element(By.ID, "follow-up-sent").is_displayed()  # type: ignore[attr-defined]
+    assert _wait(driver, "follow-up-sent").is_displayed()
     shots.append(screenshot(driver, f"{lang}-return-follow-up-sent"))
     violations += csp_violations(driver)
     return replies, violations, shots

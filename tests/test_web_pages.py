@@ -60,6 +60,13 @@ def _contact_form(
     return form
 
 
+def _fields(values: dict[str, str]) -> aiohttp.FormData:
+    form = aiohttp.FormData(default_to_multipart=True)
+    for name, value in values.items():
+        form.add_field(name, value)
+    return form
+
+
 async def _get(session: aiohttp.ClientSession, url: str) -> str:
     async with session.get(url) as resp:
         assert resp.status == 200
@@ -165,7 +172,7 @@ async def test_server_sealed_contact_reply_and_follow_up(
         # Return: no reply yet; then a real handler reply and a forged one.
         token = form_token(await _get(session, deployment.base_url + "/en/return"))
         async with session.post(
-            deployment.base_url + "/en/return", data={"form": token, "codename": codename, "action": "read"}
+            deployment.base_url + "/en/return", data=_fields({"form": token, "codename": codename, "action": "read"})
         ) as resp:
             assert resp.status == 200
             assert 'id="no-replies"' in await resp.text()
@@ -173,7 +180,8 @@ async def test_server_sealed_contact_reply_and_follow_up(
         await plant_forged_reply(deployment, codename, row.id, "forged: come to the embassy")
         token = form_token(await _get(session, deployment.base_url + "/en/return"))
         async with session.post(
-            deployment.base_url + "/en/return", data={"form": token, "codename": codename.upper(), "action": "read"}
+            deployment.base_url + "/en/return",
+            data=_fields({"form": token, "codename": codename.upper(), "action": "read"}),
         ) as resp:
             page = await resp.text()
             assert resp.status == 200
@@ -186,7 +194,7 @@ async def test_server_sealed_contact_reply_and_follow_up(
         # A follow-up, sealed by the server to the pool's handlers.
         token = form_token(page)
         data = {"form": token, "codename": codename, "action": "follow-up", "message": CANARY_FOLLOW_UP}
-        async with session.post(deployment.base_url + "/en/return", data=data) as resp:
+        async with session.post(deployment.base_url + "/en/return", data=_fields(data)) as resp:
             assert resp.status == 201
             assert 'id="follow-up-sent"' in await resp.text()
     async with deployment.store.read() as s:
@@ -260,17 +268,19 @@ async def test_hostile_return_forms(deployment: Deployment, watched_tmp: Path) -
     async with aiohttp.ClientSession() as session:
 
         async def post(data: object, **kw: object) -> tuple[int, str]:
-            async with session.post(base + "/en/return", data=data, **kw) as resp:  # type: ignore[arg-type]
+            body = _fields(data) if isinstance(data, dict) else data
+            async with session.post(base + "/en/return", data=body, **kw) as resp:  # type: ignore[arg-type]
                 return resp.status, await resp.text()
 
         token = form_token(await _get(session, base + "/en/return"))
         status, page = await post({"form": token, "codename": "not a real codename at all", "action": "read"})
         assert status == 400
         assert "not a valid codename" in page
-        # Multipart is refused before aiohttp could spool a file to disk.
+        # A file part is refused before anything reads it; urlencoded is refused too.
         form = aiohttp.FormData()
         form.add_field("codename", b"x" * 100_000, filename="f.bin")
-        assert (await post(form))[0] == 415
+        assert (await post(form))[0] == 400
+        assert (await post(b"codename=x", headers={"Content-Type": "application/x-www-form-urlencoded"}))[0] == 415
         assert list(watched_tmp.iterdir()) == []
         assert (await post({"form": token, "codename": "x", "surprise": "1"}))[0] == 400
         # A valid codename that never wrote: nothing to read, nothing to continue.

@@ -18,12 +18,13 @@ import jinja2
 from aiohttp import web
 
 from safepassage.crypto.codename import parse_codename
+from safepassage.crypto.envelope import MAX_BODY
 from safepassage.crypto.errors import InvalidCodename, SafePassageError
 
 from ..context import Intake, intake_of
 from ..errors import ApiError
 from .browser import check_browser
-from .forms import ContactForm, read_contact_form, text_fields
+from .forms import ContactForm, read_contact_form, read_text_form
 from .i18n import LANGUAGE_NAMES, LANGUAGES
 from .sealing import (
     Mailroom,
@@ -42,7 +43,7 @@ LANG: Final = "{lang:ru|en}"
 SEALER = web.AppKey("web_sealer", WebSealer)
 ENV_KEYS: Final = {code: web.AppKey(f"jinja2_{code}", jinja2.Environment) for code in LANGUAGES}
 STYLE: Final = resources.files("safepassage.server.web").joinpath("static/style.css").read_bytes()
-_RETURN_FIELDS: Final = {"form": 1024, "codename": 512, "contact": 64, "message": 1024 * 1024, "action": 16}
+_RETURN_FIELDS: Final = {"form": 1024, "codename": 512, "contact": 64, "message": MAX_BODY, "action": 16}
 
 Handler = Callable[[web.Request], Awaitable[web.StreamResponse]]
 
@@ -219,12 +220,9 @@ async def return_form(request: web.Request) -> web.StreamResponse:
 async def return_send(request: web.Request) -> web.StreamResponse:
     app = intake_of(request)
     _sealing_on(app)
-    # Checked before request.post(): for a multipart body aiohttp would spool
-    # any file part to a temporary file, and nothing from an applicant may
-    # touch the disk.
-    if request.content_type != "application/x-www-form-urlencoded":
-        raise ApiError(415, "unsupported_media_type", "Send the form urlencoded.")
-    values = text_fields(await request.post(), _RETURN_FIELDS)  # type: ignore[arg-type]
+    # Never request.post(): for a multipart body it would spool a file part
+    # to a temporary file, and nothing from an applicant may touch the disk.
+    values = await read_text_form(request, _RETURN_FIELDS)
     action = values.get("action", "read")
     message = values.get("message", "")
     kept = {"message": message}

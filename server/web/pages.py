@@ -15,6 +15,7 @@ from typing import Any, Final
 
 import aiohttp_jinja2
 import jinja2
+from markupsafe import Markup
 from aiohttp import web
 
 from safepassage.crypto.codename import parse_codename
@@ -43,6 +44,8 @@ LANG: Final = "{lang:ru|en}"
 SEALER = web.AppKey("web_sealer", WebSealer)
 ENV_KEYS: Final = {code: web.AppKey(f"jinja2_{code}", jinja2.Environment) for code in LANGUAGES}
 STYLE: Final = resources.files("safepassage.server.web").joinpath("static/style.css").read_bytes()
+#: The one bundled script (server/web/js, built from the lockfile; tests/test_web_js_build.py rebuilds it).
+SCRIPT: Final = resources.files("safepassage.server.web").joinpath("static/seal.js").read_bytes()
 _RETURN_FIELDS: Final = {"form": 1024, "codename": 512, "contact": 64, "message": MAX_BODY, "action": 16}
 
 Handler = Callable[[web.Request], Awaitable[web.StreamResponse]]
@@ -115,6 +118,11 @@ async def style(request: web.Request) -> web.StreamResponse:
     return web.Response(body=STYLE, content_type="text/css", charset="utf-8")
 
 
+@routes.get("/static/seal.js", name="web_script")
+async def script(request: web.Request) -> web.StreamResponse:
+    return web.Response(body=SCRIPT, content_type="text/javascript", charset="utf-8")
+
+
 @routes.get(f"/{LANG}/", name="web_index")
 @_page("")
 async def index(request: web.Request) -> web.StreamResponse:
@@ -136,16 +144,17 @@ def _contact_page(
     app = intake_of(request)
     cfg = app.config
     context: dict[str, Any] = {"values": values or {}, "error_code": error_code}
-    if cfg.web_server_sealing:
-        directory = app.published().directory
-        languages = sorted({code for pool in directory.pools for code in pool.languages} | set(LANGUAGES))
-        context.update(
-            form_token=issue_form_token(app),
-            pools=directory.pools,
-            message_languages=languages,
-            max_files=cfg.max_attachments,
-            max_upload_mb=cfg.web_max_upload_bytes // 1_000_000,
-        )
+    directory = app.published().directory
+    languages = sorted({code for pool in directory.pools for code in pool.languages} | set(LANGUAGES))
+    context.update(
+        # Without server sealing the form still serves the browser-sealing path.
+        form_token=issue_form_token(app) if cfg.web_server_sealing else "",
+        pools=directory.pools,
+        message_languages=languages,
+        max_files=cfg.max_attachments,
+        max_upload_mb=cfg.web_max_upload_bytes // 1_000_000,
+        js_day=Markup('<span id="js-day"></span>'),
+    )
     return render(request, "contact.html", "contact", status, **context)
 
 
@@ -204,8 +213,7 @@ def _return_page(
 ) -> web.Response:
     app = intake_of(request)
     context: dict[str, Any] = {"values": values or {}, "error_code": error_code, "mailroom": mailroom, "sent": sent}
-    if app.config.web_server_sealing:
-        context["form_token"] = issue_form_token(app)
+    context["form_token"] = issue_form_token(app) if app.config.web_server_sealing else ""
     return render(request, "return.html", "return", status, **context)
 
 

@@ -29,6 +29,17 @@ def _have_browser() -> bool:
 
 @pytest.fixture
 def browser() -> Iterator[object]:
+    """Chromium with JavaScript off, as at Tor Browser's "Safest" level."""
+    yield from _driver(javascript=False)
+
+
+@pytest.fixture
+def browser_js() -> Iterator[object]:
+    """Chromium with JavaScript on: the pages seal in the browser."""
+    yield from _driver(javascript=True)
+
+
+def _driver(*, javascript: bool) -> Iterator[object]:
     if not _have_browser():
         if os.environ.get("CI"):
             pytest.fail("chromium and chromium-driver are required (scripts/ensure-system-deps installs them)")
@@ -48,8 +59,8 @@ def browser() -> Iterator[object]:
         "--no-first-run",
     ):
         options.add_argument(arg)
-    # JavaScript off, as at Tor Browser's "Safest" level.
-    options.add_experimental_option("prefs", {"profile.managed_default_content_settings.javascript": 2})
+    if not javascript:
+        options.add_experimental_option("prefs", {"profile.managed_default_content_settings.javascript": 2})
     # CSP violations are reported on the browser console, even with scripts off.
     options.set_capability("goog:loggingPrefs", {"browser": "ALL"})
     driver = webdriver.Chrome(service=Service(CHROMEDRIVER), options=options)

@@ -21,14 +21,14 @@ CLI = JS / "test" / "cli.mjs"
 
 
 def require_node() -> str:
-    node = shutil.which("node")
-    if node is None or shutil.which("npm") is None:
+    node, npm = shutil.which("node"), shutil.which("npm")
+    if node is None or npm is None:
         if os.environ.get("CI"):
             pytest.fail("node and npm are required for the browser sealing tests")
         pytest.skip("node and npm are not installed")
     if not (JS / "node_modules" / ".package-lock.json").exists():
         subprocess.run(
-            ["npm", "ci", "--no-audit", "--no-fund", "--ignore-scripts"],
+            [npm, "ci", "--no-audit", "--no-fund", "--ignore-scripts"],
             cwd=JS,
             check=True,
             capture_output=True,

@@ -34,7 +34,8 @@ def test_envelope_vectors(path: Path) -> None:
     if case["expect"] == "success":
         assert bytes.fromhex(answer["plaintext"]) == b64d(case["plaintext"])
     else:
-        assert "error" in answer and "plaintext" not in answer
+        assert "error" in answer
+        assert "plaintext" not in answer
 
 
 def test_codename_vector() -> None:
@@ -86,7 +87,8 @@ def test_python_opens_and_accepts_what_the_browser_code_seals() -> None:
     for handler in handlers:
         opened = E.open_envelope(data, [handler], expected_purpose=E.Purpose.CONTACT)
         got = Contact.open_payload(opened.plaintext)
-        assert got.message == contact["message"] and got.origin == "browser"
+        assert got.message == contact["message"]
+        assert got.origin == "browser"
         assert dict(got.fields) == {"role": "майор"}
         assert got.reply_key == keys.reply_key.public_key
         assert got.mailbox_key == keys.mailbox_key.verify_key

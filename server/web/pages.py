@@ -15,8 +15,8 @@ from typing import Any, Final
 
 import aiohttp_jinja2
 import jinja2
-from markupsafe import Markup
 from aiohttp import web
+from markupsafe import Markup
 
 from safepassage.crypto.codename import parse_codename
 from safepassage.crypto.envelope import MAX_BODY

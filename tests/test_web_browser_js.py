@@ -8,6 +8,7 @@ from __future__ import annotations
 
 import asyncio
 import json
+from dataclasses import replace
 from pathlib import Path
 from typing import Any
 
@@ -15,9 +16,12 @@ import pytest
 from sqlalchemy import select
 
 from safepassage.crypto import envelope as E
+from safepassage.crypto import pow as W
 from safepassage.crypto.intake import Contact
+from safepassage.server.context import INTAKE
 from safepassage.server.db.models import Chunk
 from safepassage.server.db.models import Contact as ContactRow
+from safepassage.server.limits import PowDifficulty
 
 from .browser import SCREENSHOTS, csp_violations, screenshot
 from .deployment import Deployment
@@ -90,6 +94,12 @@ def _read(driver: Any, base: str, lang: str, codename: str) -> dict[str, Any]:
 async def test_browser_seals_contact_and_opens_replies(
     deployment: Deployment, browser_js: object, tmp_path: Path, lang: str
 ) -> None:
+    if lang == "ru":
+        # The production proof of work (difficulty 10, 2 MiB per attempt), to
+        # measure it in the browser; English keeps the test setting (fast).
+        state = deployment.app[INTAKE]
+        state.config = replace(state.config, pow_memlimit_kib=W.DEFAULT_MEMLIMIT_KIB)
+        state.difficulty = PowDifficulty(W.DEFAULT_DIFFICULTY, W.DEFAULT_DIFFICULTY, 10_000)
     attachment = tmp_path / "scan.bin"
     attachment.write_bytes(bytes(range(256)) * 5000)  # two chunks
     sent = await asyncio.to_thread(_contact, browser_js, deployment.base_url, lang, attachment)

@@ -183,6 +183,9 @@ function enhanceReturn() {
   const form = $("return-form");
   if (!form) return;
   const read = form.querySelector("button[value=read]");
+  // Which contact and pool a follow-up continues is known only to the server
+  // (and to the command-line client, which kept them); the page says so.
+  show("notice-follow-up-server", true);
   form.addEventListener("submit", async (event) => {
     // Follow-ups still go to the server's path; reading happens here.
     if (event.submitter !== read) return;

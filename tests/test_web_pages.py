@@ -8,6 +8,7 @@ plaintext is in no row, no file and no log line.
 
 from __future__ import annotations
 
+import asyncio
 import logging
 import re
 import tempfile
@@ -332,6 +333,12 @@ async def test_derivations_are_rate_limited(deployment: Deployment) -> None:
                 assert resp.status == expected
                 if expected == 429:
                     assert "kept" in await resp.text()
+        # Memory is bounded too: with every upload slot taken, a form is refused at once.
+        sealer.limit = RateLimiter(100, "messages sealed by this server")
+        sealer._uploads = asyncio.Semaphore(0)
+        token = form_token(await _get(session, deployment.base_url + "/en/contact"))
+        async with session.post(deployment.base_url + "/en/contact", data=_contact_form(token)) as resp:
+            assert resp.status == 429
 
 
 def test_web_settings_are_checked(tmp_path: Path) -> None:

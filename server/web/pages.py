@@ -176,11 +176,13 @@ async def contact_send(request: web.Request) -> web.StreamResponse:
     _sealing_on(app)
     cfg = app.config
     form = ContactForm()
+    sealer = request.app[SEALER]
     try:
-        await read_contact_form(request, form, max_upload=cfg.web_max_upload_bytes, max_files=cfg.max_attachments)
-        _check_contact_form(form)
-        await spend_form_token(app, form.get("form"))
-        sent = await seal_contact(app, request.app[SEALER], form, language=form.get("language"))
+        async with sealer.upload_slot():
+            await read_contact_form(request, form, max_upload=cfg.web_max_upload_bytes, max_files=cfg.max_attachments)
+            _check_contact_form(form)
+            await spend_form_token(app, form.get("form"), submission=True)
+            sent = await seal_contact(app, sealer, form, language=form.get("language"))
     except ApiError as exc:
         # The applicant's words come back in this one response (no-store),
         # so a refusal never loses a message they may not dare write twice.
@@ -241,7 +243,7 @@ async def return_send(request: web.Request) -> web.StreamResponse:
             codename = parse_codename(values.get("codename", ""))
         except InvalidCodename:
             raise ApiError(400, "invalid_codename", "That is not a valid codename.") from None
-        await spend_form_token(app, values.get("form", ""))
+        await spend_form_token(app, values.get("form", ""), submission=action == "follow-up")
         keys = await request.app[SEALER].derive(codename)
         mailroom = await read_mailbox(app, keys)
         if action == "read":

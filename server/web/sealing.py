@@ -24,9 +24,11 @@ nothing here keeps a codename, a key or a plaintext after the request.
 from __future__ import annotations
 
 import asyncio
+import contextlib
 import hashlib
 import io
 import time
+from collections.abc import AsyncIterator
 from dataclasses import dataclass
 from typing import Final
 
@@ -61,6 +63,8 @@ from .forms import ContactForm
 
 #: Argon2id derivations at once: each holds 64 MiB and a core.
 MAX_PARALLEL_DERIVATIONS: Final = 2
+#: Contact forms read at once: each may hold its attachments twice (plain, then sealed).
+MAX_PARALLEL_UPLOADS: Final = 4
 #: What the signed wrapper adds to a payload's body, as in the client (rounded up).
 _SIGNED_OVERHEAD: Final = 128
 
@@ -71,6 +75,15 @@ class WebSealer:
     def __init__(self, per_minute: int) -> None:
         self.limit = RateLimiter(per_minute, "messages sealed by this server")
         self._slots = asyncio.Semaphore(MAX_PARALLEL_DERIVATIONS)
+        self._uploads = asyncio.Semaphore(MAX_PARALLEL_UPLOADS)
+
+    @contextlib.asynccontextmanager
+    async def upload_slot(self) -> AsyncIterator[None]:
+        """Refuse at once (rather than queue) when the upload slots are taken: memory is the bound."""
+        if self._uploads.locked():
+            raise ApiError(429, "rate_limited", "Too many messages are being sealed right now; try again in a minute.")
+        async with self._uploads:
+            yield
 
     async def derive(self, codename: Codename) -> ApplicantKeys:
         self.limit.hit()
@@ -100,7 +113,8 @@ def issue_form_token(app: Intake) -> str:
     return challenge.to_text()
 
 
-async def spend_form_token(app: Intake, token: str) -> None:
+async def spend_form_token(app: Intake, token: str, *, submission: bool) -> None:
+    """Spend the form's challenge once; a submission also counts as load (a read does not)."""
     try:
         checked = W.check_challenge(app.keys.pow, token, now=_now())
     except MalformedInput:
@@ -112,8 +126,9 @@ async def spend_form_token(app: Intake, token: str) -> None:
         if await session.get(SpentChallenge, nonce) is not None:
             raise ApiError(409, "form_reused", "This form was already sent.")
         session.add(SpentChallenge(nonce=nonce, expires=round_up_hour(checked.challenge.expires)))
-    app.submission_limit.hit()
-    app.difficulty.record_submission()
+    if submission:
+        app.submission_limit.hit()
+        app.difficulty.record_submission()
 
 
 # --- shared steps ----------------------------------------------------------------------------------------

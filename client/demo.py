@@ -301,6 +301,9 @@ class _Demo:
         await _serve(stack, self.intake_app, self.sockets["intake"])
         await _serve(stack, self.staff_app, self.sockets["staff"])
         self.out.say(f"public intake: {self.intake_url}    staff API: {self.staff_url}")
+        self.out.say(
+            f"applicant web pages (Tor Browser, JavaScript optional): {self.intake_url}/ru/ and {self.intake_url}/en/"
+        )
         await self.enrol_admins()
         self.out.step("The admins publish directory version 1: pool 'general', integration keys, receipt key")
         await self.ceremony(

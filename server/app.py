@@ -26,6 +26,7 @@ from .db.models import Contact, Mailbox, MailboxNonce, SpentChallenge
 from .errors import error_middleware
 from .keys import load_keys
 from .security import add_security_headers
+from .web.setup import setup_pages
 
 log = logging.getLogger("safepassage.server")
 
@@ -96,6 +97,7 @@ def create_app(config: ServerConfig, *, store: Store | None = None) -> web.Appli
     app.on_response_prepare.append(add_security_headers)
     app.add_routes(intake.routes)
     app.add_routes(log_api.routes)
+    setup_pages(app, config)  # the applicant's web pages (server/web/)
 
     async def resources(app: web.Application) -> AsyncIterator[None]:
         own_store = store is None

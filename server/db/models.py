@@ -22,6 +22,7 @@ from sqlalchemy import (
     MetaData,
     SmallInteger,
     String,
+    false,
 )
 from sqlalchemy.orm import DeclarativeBase, Mapped, mapped_column
 
@@ -104,6 +105,8 @@ class Message(Base):
     envelope_hash: Mapped[bytes] = mapped_column(LargeBinary(32))
     #: Sequence number within the mailbox, so replies come back in order without timestamps.
     seq: Mapped[int] = mapped_column(BigInteger)
+    #: True for a follow-up the no-JavaScript web path sealed (the server saw it for one request).
+    server_sealed: Mapped[bool] = mapped_column(Boolean, default=False, server_default=false())
 
 
 class SpentChallenge(Base):

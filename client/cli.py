@@ -19,11 +19,13 @@ from safepassage.crypto.errors import SafePassageError
 from safepassage.server.cli import server
 from safepassage.server.staff.cli import staff
 
+from .admin_cli import admin
 from .contact_cli import contact
 from .demo import demo
 from .handler_cli import handler
 from .integration_cli import integration
 from .render import describe_directory
+from .witness_cli import witness
 
 
 @click.group(context_settings={"help_option_names": ["-h", "--help"]})
@@ -57,11 +59,13 @@ def directory_show(path: Path, org_fingerprint: str) -> None:
 
 
 cli.add_command(server)
+cli.add_command(admin)
 cli.add_command(staff)
 cli.add_command(contact)
 cli.add_command(integration)
 cli.add_command(handler)
 cli.add_command(demo)
+cli.add_command(witness)
 
 
 def main(argv: list[str] | None = None) -> int:

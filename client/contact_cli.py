@@ -21,16 +21,19 @@ import tempfile
 import threading
 import time
 import unicodedata
-from collections.abc import Coroutine, Iterator
+from collections.abc import Callable, Coroutine, Iterator
 from pathlib import Path
 from typing import Any, Final, TypeVar
 
 import click
 
 from safepassage.crypto.codename import Codename, parse_codename
-from safepassage.crypto.encoding import b64e
+from safepassage.crypto.encoding import b64d, b64e
+from safepassage.crypto.errors import MalformedInput
 from safepassage.crypto.intake import FIELD_NAMES, MAX_MESSAGE_CHARS
+from safepassage.crypto.keys import VerifyKey
 from safepassage.crypto.receipt import Receipt
+from safepassage.crypto.threshold import KeySet
 
 from .applicant import Progress, Reply, SentContact, check_mailbox, send_contact, send_follow_up
 from .errors import DeliveryUncertain, UsageError
@@ -74,6 +77,47 @@ _state = click.option(
     help="Remember the last transparency-log head here (created if missing, mode 0600) so a later run can "
     "detect a server that forks or rolls back the log. The file shows that Safe Passage was used.",
 )
+_WITNESSES = "safepassage.witnesses"
+
+
+def _keep_witness_option(ctx: click.Context, param: click.Parameter, value: object) -> None:
+    ctx.meta.setdefault(_WITNESSES, {})[param.name] = value
+
+
+def _witness_options(f: Callable[..., Any]) -> Callable[..., Any]:
+    """--witness KEY (repeatable) and --witnesses-required K: refuse heads without K cosignatures (8.6)."""
+    f = click.option(
+        "--witnesses-required",
+        type=click.IntRange(1, 32),
+        expose_value=False,
+        callback=_keep_witness_option,
+        help="How many of the --witness keys must have cosigned the log head (default: all of them).",
+    )(f)
+    return click.option(
+        "--witness",
+        multiple=True,
+        metavar="KEY",
+        expose_value=False,
+        callback=_keep_witness_option,
+        help="Pin an independent witness's public key (repeat for several).",
+    )(f)
+
+
+def _pinned_witnesses() -> KeySet | None:
+    ctx = click.get_current_context(silent=True)
+    given = ctx.meta.get(_WITNESSES, {}) if ctx is not None else {}
+    keys = tuple(given.get("witness") or ())
+    if not keys:
+        if given.get("witnesses_required"):
+            raise UsageError("--witnesses-required needs --witness keys")
+        return None
+    try:
+        parsed = tuple(VerifyKey(b64d(k.strip(), length=32, what="witness key")) for k in keys)
+        return KeySet(parsed, given.get("witnesses_required") or len(parsed))
+    except MalformedInput as exc:
+        raise UsageError(f"--witness: {exc.message}") from None
+
+
 _message_file = click.option(
     "--message-file",
     metavar="FILE|-",
@@ -94,7 +138,9 @@ def _run(coro: Coroutine[Any, Any, T]) -> T:
 async def _trusted(
     client: IntakeClient, org_fingerprint: str, state_path: Path | None, state: HeadState | None
 ) -> TrustedDirectory:
-    trusted = await fetch_trusted_directory(client, org_fingerprint, state, int(time.time()))
+    trusted = await fetch_trusted_directory(
+        client, org_fingerprint, state, int(time.time()), witnesses=_pinned_witnesses()
+    )
     if state_path is not None:
         # 8.7 step 4: remember the head only after every check passed.
         trusted.state.save(state_path)
@@ -386,6 +432,7 @@ def contact() -> None:
 )
 @_socks
 @_state
+@_witness_options
 def send_command(
     server: str,
     org_fingerprint: str,
@@ -447,6 +494,7 @@ def _default_language(trusted: TrustedDirectory, pool: str) -> str:
 @_codename_file
 @_socks
 @_state
+@_witness_options
 def check_command(
     server: str, org_fingerprint: str, codename_file: Path | None, socks: str | None, state_path: Path | None
 ) -> None:
@@ -472,6 +520,7 @@ def check_command(
 @_codename_file
 @_socks
 @_state
+@_witness_options
 def reply_command(
     server: str,
     org_fingerprint: str,

@@ -40,18 +40,14 @@ from aiohttp import web
 from sqlalchemy import func, select
 
 from safepassage.crypto.directory import (
-    Directory,
     Handler,
     IntegrationService,
     Pool,
-    SignedDirectory,
-    sign_directory,
 )
-from safepassage.crypto.keys import SigningKey, VerifyKey
+from safepassage.crypto.keys import VerifyKey
 from safepassage.crypto.privatefile import write_private
 from safepassage.crypto.threshold import KeySet
-from safepassage.crypto.translog import MerkleLog, SignedTreeHead, TreeHead, sign_tree_head
-from safepassage.crypto.vault import MIN_MEMLIMIT, MIN_OPSLIMIT, Passphrase, VaultContents, create_vault, open_vault
+from safepassage.crypto.vault import MIN_MEMLIMIT, MIN_OPSLIMIT, Passphrase
 from safepassage.server.app import create_app
 from safepassage.server.config import load_config, write_config
 from safepassage.server.context import INTAKE
@@ -59,7 +55,6 @@ from safepassage.server.db import migrate
 from safepassage.server.db.engine import Store, make_engine
 from safepassage.server.db.models import Chunk
 from safepassage.server.db.models import Contact as ContactRow
-from safepassage.server.directory_store import publish
 from safepassage.server.integration import create_integration_app
 from safepassage.server.integration.bootstrap import init_data_dir, plan_init
 from safepassage.server.integration.config import load_integration_config
@@ -70,7 +65,13 @@ from safepassage.server.staff.accounts import create_invitation
 from safepassage.server.staff.app import create_staff_app
 from safepassage.server.staff.context import STAFF
 
+from .admin import create_admin_vault, enroll_admin
+from .admin import login as admin_login
+from .admin import propose as admin_propose
+from .admin import publish as admin_publish
+from .admin import sign as admin_sign
 from .applicant import SentContact, check_mailbox, send_contact
+from .directory_changes import Changes
 from .handler import enroll, escalate, inbox, login, read_case, reply
 from .handler_vault import HandlerPaths, read_enrolment_document
 from .intake_api import IntakeClient
@@ -137,42 +138,27 @@ async def _serve(stack: AsyncExitStack, app: web.Application, sock: socket.socke
 
 
 @dataclass
-class _Admins:
-    """The three admins: each signing key in its own vault under admins/<name>/."""
+class _Admin:
+    """One admin: a vault with the signing key, and what they know (kept in memory, never printed)."""
 
-    folders: dict[str, Path]
-
-    def vault(self, name: str) -> Path:
-        return self.folders[name] / "admin.vault"
-
-    def key(self, name: str) -> SigningKey:
-        passphrase = _read_demo_passphrase(self.folders[name] / "DEMO-ONLY-passphrase.txt")
-        return SigningKey.from_seed_bytes(open_vault(self.vault(name), passphrase).get(ADMIN_ENTRY))
-
-    def sign(self, directory: Directory, log: MerkleLog, signers: Sequence[str]) -> tuple[bytes, SignedTreeHead]:
-        """The signed directory and a tree head over ``log`` with it appended (``log`` is not changed)."""
-        keys = [self.key(name) for name in signers]
-        signed = sign_directory(directory, keys)
-        extended = MerkleLog(log.leaf_hashes())
-        extended.append(signed.to_bytes())
-        head = TreeHead(extended.size, extended.root(), int(time.time()))
-        signatures = tuple(sorted((sign_tree_head(head, k) for k in keys), key=lambda s: s.key_id.raw))
-        return signed.to_bytes(), SignedTreeHead(head, signatures)
+    paths: HandlerPaths
+    passphrase: Passphrase
+    password: str
+    totp_secret: str = ""
 
 
-def _make_admins(root: Path) -> tuple[_Admins, KeySet]:
-    folders: dict[str, Path] = {}
+def _make_admins(root: Path) -> tuple[dict[str, _Admin], KeySet]:
+    admins: dict[str, _Admin] = {}
     verify_keys: list[VerifyKey] = []
     for name in ADMINS:
         folder = _private_dir(root / name)
-        key = SigningKey.generate()
         passphrase = _new_passphrase()
-        contents = VaultContents({ADMIN_ENTRY: key.seed_bytes_raw()})
-        create_vault(folder / "admin.vault", passphrase, contents, opslimit=MIN_OPSLIMIT, memlimit=MIN_MEMLIMIT)
+        paths = HandlerPaths(folder / "admin.vault")
+        key = create_admin_vault(paths.vault, passphrase, opslimit=MIN_OPSLIMIT, memlimit=MIN_MEMLIMIT)
         _write_demo_passphrase(folder / "DEMO-ONLY-passphrase.txt", passphrase)
-        folders[name] = folder
-        verify_keys.append(key.verify_key)
-    return _Admins(folders), KeySet(tuple(verify_keys), THRESHOLD)
+        admins[name] = _Admin(paths, passphrase, secrets.token_urlsafe(18))
+        verify_keys.append(key)
+    return admins, KeySet(tuple(verify_keys), THRESHOLD)
 
 
 def _files(root: Path, skip: Sequence[Path] = ()) -> Iterator[Path]:
@@ -257,43 +243,80 @@ class _Demo:
         count = len(self.integration.encryption_keys)
         out.say(f"officer's encryption key(s) in {self.integration.vault_path.name}: {count}")
 
-    def directory(self, version: int, handlers: tuple[Handler, ...]) -> Directory:
-        return Directory(
-            version=version,
-            issued=int(time.time()),
-            organisation="Safe Passage DEMONSTRATION (not a real organisation)",
-            admins=self.admin_set,
-            pools=(Pool(POOL, "General", ("en", "ru")),),
-            handlers=handlers,
-            integration=IntegrationService(self.integration.signing_key, self.integration.encryption_keys),
-            receipt_key=self.keys.receipt.verify_key,
-            policy={"intake_key_days": 7},
-        )
+    async def enrol_admins(self) -> None:
+        self.out.step("The operator invites the three admins; each enrols (password + TOTP) and logs in")
+        for name, admin in self.admins.items():
+            code, _ = await create_invitation(
+                self.store,
+                username=name,
+                role="admin",
+                now=int(time.time()),
+                day=self.staff_app[STAFF].today(),
+                actor="operator",
+            )
 
-    async def admins_publish(self, version: int, handlers: tuple[Handler, ...], log: MerkleLog) -> None:
+            def authenticator(answer: StaffEnrolment, admin: _Admin = admin) -> str:
+                admin.totp_secret = answer.totp_secret.reveal()
+                return pyotp.TOTP(admin.totp_secret).now()
+
+            await enroll_admin(
+                admin.paths,
+                admin.passphrase,
+                staff=self.staff_url,
+                intake=self.intake_url,
+                invitation=code,
+                password=admin.password,
+                org=self.fingerprint,
+                totp_code=authenticator,
+            )
+            # The next code: the one used at enrolment is not accepted twice.
+            next_code = pyotp.TOTP(admin.totp_secret).at(int(time.time()) + 30)
+            await admin_login(admin.paths, password=admin.password, code=next_code)
+        self.out.say(f"{', '.join(ADMINS)}: enrolled and logged in; the organisation fingerprint pinned in each vault")
+
+    async def ceremony(self, changes: Changes) -> None:
+        """One admin proposes; two of three review the diff and sign the directory, then the head; one publishes."""
+        proposer, *_ = ADMINS
         signers = ADMINS[:THRESHOLD]
-        raw, head = self.admins.sign(self.directory(version, handlers), log, signers)
-        self.published = await publish(
-            self.store,
-            SignedDirectory.from_bytes(raw),
-            head,
-            org_fingerprint=self.config.org_fingerprint,
-            receipt_key=self.keys.receipt.verify_key,
-        )
-        self.out.say(f"signed by {' and '.join(signers)} (2 of 3): directory and tree head; log size {head.head.size}")
+        first = self.admins[proposer]
+        summary, diff = await admin_propose(first.paths, self.fingerprint, changes)
+        self.out.say(f"{proposer} proposes version {summary.version} (proposal {summary.proposal_id[:8]}...):")
+        for line in diff.splitlines():
+            self.out.say(f"    {line}")
+        for _stage in ("directory", "tree head"):
+            for name in signers:
+                admin = self.admins[name]
+                done = await admin_sign(admin.paths, admin.passphrase, summary.proposal_id, lambda _text: True)
+                self.out.say(f"{name} reviewed the diff and signed the {done.stage}; state now {done.summary.state}")
+        published, _trusted = await admin_publish(first.paths, self.fingerprint, summary.proposal_id)
+        await self.intake_app[INTAKE].refresh()
+        self.out.say(f"{proposer} publishes: directory version {published.version}, log size {published.size}")
 
     async def start_intake_and_staff(self, stack: AsyncExitStack) -> None:
         self.store = Store(make_engine(self.config.url))
         stack.push_async_callback(self.store.close)
-        self.out.step("The admins publish directory version 1: pool 'general', integration keys, receipt key")
-        await self.admins_publish(1, (), MerkleLog())
-
         self.out.step("The intake server and the staff app start (in this process, on loopback)")
         self.intake_app = create_app(self.config, store=self.store)
         self.staff_app = create_staff_app(self.config, store=self.store)
         await _serve(stack, self.intake_app, self.sockets["intake"])
         await _serve(stack, self.staff_app, self.sockets["staff"])
         self.out.say(f"public intake: {self.intake_url}    staff API: {self.staff_url}")
+        self.out.say(
+            f"applicant web pages (Tor Browser, JavaScript optional): {self.intake_url}/ru/ and {self.intake_url}/en/"
+        )
+        await self.enrol_admins()
+        self.out.step("The admins publish directory version 1: pool 'general', integration keys, receipt key")
+        await self.ceremony(
+            Changes(
+                organisation="Safe Passage DEMONSTRATION (not a real organisation)",
+                add_admins=list(self.admin_set.keys),
+                threshold=THRESHOLD,
+                add_pools=[Pool(POOL, "General", ("en", "ru"))],
+                integration=IntegrationService(self.integration.signing_key, self.integration.encryption_keys),
+                receipt_key=self.keys.receipt.verify_key,
+                policy={"intake_key_days": 7},
+            )
+        )
 
     async def enrol(self, name: str) -> None:
         code, _ = await create_invitation(
@@ -341,9 +364,7 @@ class _Demo:
         for name in HANDLERS:
             handler_id, identity, entry = read_enrolment_document(self.handlers[name].paths.intake_key)
             listed.append(Handler(handler_id, handler_id.title(), VerifyKey(identity), (POOL,), (entry,)))
-        await self.admins_publish(2, tuple(listed), self.published.log)
-        await self.intake_app[INTAKE].refresh()
-        await self.staff_app[STAFF].refresh()
+        await self.ceremony(Changes(add_handlers=listed))
 
     async def start_integration(self, stack: AsyncExitStack) -> None:
         self.out.step("The integration service starts and fetches the directory from the intake")

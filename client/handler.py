@@ -27,6 +27,7 @@ organisation fingerprint kept in the vault, with the log head remembered in
 from __future__ import annotations
 
 import contextlib
+import dataclasses
 import os
 import secrets
 import time
@@ -59,6 +60,7 @@ from safepassage.crypto.vault import (
 
 from .case_files import OutputFolderError, SavedAttachment, Staging
 from .errors import ClientError, ProtocolViolation, ServerRefused, UsageError
+from .handler_archive import CaseSource, source_for
 from .handler_vault import (
     HandlerKeys,
     HandlerPaths,
@@ -217,13 +219,17 @@ async def _trusted(paths: HandlerPaths, org: str, intake: str | None, socks: str
     return trusted
 
 
-def _check_listed(directory: Directory, keys: HandlerKeys) -> None:
+def _check_listed(directory: Directory, keys: HandlerKeys) -> HandlerKeys:
+    """The keys to act with under ``directory``: after an identity rotation is published, the new identity."""
     try:
         listed = directory.handler(keys.handler_id)
     except MalformedInput:
         raise NotListed(f"no handler {keys.handler_id} in directory version {directory.version}") from None
-    if listed.identity_key != keys.identity.verify_key:
-        raise NotListed(f"handler {keys.handler_id} is listed with another identity key")
+    if listed.identity_key == keys.identity.verify_key:
+        return keys
+    if keys.identity_next is not None and listed.identity_key == keys.identity_next.verify_key:
+        return dataclasses.replace(keys, identity=keys.identity_next, identity_next=None)
+    raise NotListed(f"handler {keys.handler_id} is listed with another identity key")
 
 
 @contextlib.asynccontextmanager
@@ -249,15 +255,17 @@ class _OpenedCase:
 
 
 def _intake_key_label(keys: HandlerKeys, opened: OpenedEnvelope) -> str:
-    held = next(k for k in keys.intake if k.private.key_id == opened.opened_with)
+    held = next((k for k in keys.intake if k.private.key_id == opened.opened_with), None)
+    if held is None:
+        return "local archive key (the intake key it came under has been destroyed)"
     return f"intake key {held.private.key_id.short()} (fingerprint {held.entry.key.fingerprint()})"
 
 
-async def _open_case(staff: StaffClient, keys: HandlerKeys, case_id: str) -> _OpenedCase:
-    """Fetch the case and its envelope; open and verify the contact (protocol 15.1)."""
+async def _open_case(staff: StaffClient, source: CaseSource, keys: HandlerKeys, case_id: str) -> _OpenedCase:
+    """Fetch the case and its envelope (from the archive once archived); open and verify the contact (15.1)."""
     detail = await staff.get_case(case_id)
-    envelope = await staff.case_envelope(case_id)
-    opened = open_envelope(envelope, keys.intake_private, expected_purpose=Purpose.CONTACT)
+    envelope = await source.case_envelope(case_id)
+    opened = open_envelope(envelope, keys.opening_keys, expected_purpose=Purpose.CONTACT)
     contact = Contact.open_payload(opened.plaintext)
     case = detail.case
     if contact.mailbox_key.key_id.hex() != case.mailbox:
@@ -283,7 +291,7 @@ async def _open_case(staff: StaffClient, keys: HandlerKeys, case_id: str) -> _Op
 
 
 async def _attachment_data(
-    staff: StaffClient, case_id: str, opened: OpenedEnvelope, number: int, info: AttachmentInfo
+    staff: CaseSource, case_id: str, opened: OpenedEnvelope, number: int, info: AttachmentInfo
 ) -> AsyncIterator[tuple[int, bytes]]:
     """Chunk index and data of one attachment, each authenticated, checked against the declared shape."""
     opener = opened.attachment_opener(number)
@@ -302,7 +310,7 @@ async def _attachment_data(
 
 
 async def _follow_ups(
-    staff: StaffClient, keys: HandlerKeys, case: _OpenedCase, case_id: str
+    staff: CaseSource, keys: HandlerKeys, case: _OpenedCase, case_id: str
 ) -> tuple[FollowUpView, ...]:
     out = []
     for m in case.detail.messages:
@@ -310,7 +318,7 @@ async def _follow_ups(
             continue
         try:
             envelope = await staff.message_envelope(case_id, m.message_id)
-            opened = open_envelope(envelope, keys.intake_private, expected_purpose=Purpose.FOLLOW_UP)
+            opened = open_envelope(envelope, keys.opening_keys, expected_purpose=Purpose.FOLLOW_UP)
             follow_up = FollowUp.open_payload(opened.plaintext)
             if follow_up.mailbox_key != case.contact.mailbox_key:
                 raise BadSignature("signed by another mailbox than the contact")
@@ -346,7 +354,7 @@ def _replies(keys: HandlerKeys, detail: CaseDetail, directory: Directory, case_i
 
 
 async def _save_attachments(
-    staff: StaffClient, case_id: str, case: _OpenedCase, out_dir: Path
+    staff: CaseSource, case_id: str, case: _OpenedCase, out_dir: Path
 ) -> tuple[tuple[SavedAttachment, ...], list[str]]:
     if not case.contact.attachments:
         return (), []
@@ -535,10 +543,11 @@ async def read_case(
         SavedSession.load(paths, now=now)
         trusted = await _trusted(paths, keys.org, intake, socks, now)
         async with _staff(paths, socks, now) as staff:
-            case = await _open_case(staff, keys, case_id)
-            follow_ups = await _follow_ups(staff, keys, case, case_id)
+            source = source_for(paths, staff, case_id)
+            case = await _open_case(staff, source, keys, case_id)
+            follow_ups = await _follow_ups(source, keys, case, case_id)
             replies = _replies(keys, case.detail, trusted.directory, case_id)
-            saved, notes = await _save_attachments(staff, case_id, case, Path(out_dir))
+            saved, notes = await _save_attachments(source, case_id, case, Path(out_dir))
     verified = [*case.verified, *notes]
     good = [f for f in follow_ups if f.problem is None]
     if good:
@@ -578,9 +587,9 @@ async def reply(
         SavedSession.load(paths, now=now)
         trusted = await _trusted(paths, keys.org, intake, socks, now)
         # Applicants verify replies against the directory: refuse to send one they would show as forged.
-        _check_listed(trusted.directory, keys)
+        keys = _check_listed(trusted.directory, keys)
         async with _staff(paths, socks, now) as staff:
-            case = await _open_case(staff, keys, case_id)
+            case = await _open_case(staff, source_for(paths, staff, case_id), keys, case_id)
             payload = Reply(case_id, keys.handler_id, message).seal_payload(keys.identity)
             sealed = seal(payload, [case.contact.reply_key], Purpose.REPLY)
             posted = await staff.post_reply(case_id, sealed.data)
@@ -623,10 +632,11 @@ async def escalate(
         trusted = await _trusted(paths, keys.org, intake, socks, now)
         directory = trusted.directory
         # The integration service checks our delivery signature against the directory.
-        _check_listed(directory, keys)
+        keys = _check_listed(directory, keys)
         async with _staff(paths, socks, now) as staff:
-            case = await _open_case(staff, keys, case_id)
-            follow_ups = await _follow_ups(staff, keys, case, case_id)
+            source = source_for(paths, staff, case_id)
+            case = await _open_case(staff, source, keys, case_id)
+            follow_ups = await _follow_ups(source, keys, case, case_id)
             replies = _replies(keys, case.detail, directory, case_id)
             summary = case.detail.case
             package_id = _package_id()
@@ -663,7 +673,7 @@ async def escalate(
                     for number, info in enumerate(case.contact.attachments):
                         # Re-sealed chunk by chunk: one chunk in memory, each authenticated before it moves on.
                         sealer = sealed.attachment_sealer(number)
-                        async for index, data in _attachment_data(staff, case_id, case.opened, number, info):
+                        async for index, data in _attachment_data(source, case_id, case.opened, number, info):
                             frame = sealer.seal_chunk(data, final=index == info.chunks - 1)
                             await service.upload_chunk(package_id, number, index, frame, answer.upload_token)
                     answer = await service.finalise(package_id, answer.upload_token)

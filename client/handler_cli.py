@@ -40,6 +40,7 @@ from .handler import (
     reply,
     set_status,
 )
+from .handler_rotate import rotate
 from .handler_vault import HandlerPaths
 from .staff_api import CASE_STATUSES, CaseSummary, StaffEnrolment
 
@@ -264,6 +265,54 @@ def logout_command(vault: Path, socks: str | None) -> None:
     """End the session on the server and delete the local token."""
     _run(logout(HandlerPaths(vault), socks=socks))
     click.echo("Logged out.")
+
+
+@handler.command("rotate")
+@_vault
+@_passphrase_file
+@click.option("--days", type=click.IntRange(1, 90), default=7, show_default=True, help="The new key's validity.")
+@click.option("--no-new-key", is_flag=True, help="Only destroy expired keys (after archiving their cases).")
+@click.option("--identity", is_flag=True, help="Also make a new identity key for the admins to list.")
+@_intake
+@_socks
+def rotate_command(
+    vault: Path,
+    passphrase_file: Path | None,
+    days: int,
+    no_new_key: bool,
+    identity: bool,
+    intake: str | None,
+    socks: str | None,
+) -> None:
+    """Make the next intake key for the admins to list, and destroy expired ones (their cases archived first)."""
+    paths = HandlerPaths(vault)
+    done = _run(
+        rotate(
+            paths,
+            _passphrase(passphrase_file),
+            days=days,
+            new_key=not no_new_key,
+            identity=identity,
+            intake=intake,
+            socks=socks,
+        )
+    )
+    if done.identity_promoted:
+        click.echo("The admins listed your new identity key: it is now your identity; the old one is destroyed.")
+    if done.new_identity is not None:
+        click.echo(f"New identity key {done.new_identity.fingerprint()} (waiting; the old one signs until listed)")
+        click.echo(f"Give the admins {paths.new_identity} (admin propose --identity FILE).")
+    if done.new_key is not None:
+        click.echo(f"New intake key {done.new_key.key.fingerprint()}")
+        click.echo(f"  valid {_day(done.new_key.not_before)} to {_day(done.new_key.not_after)}")
+        click.echo(f"Give the admins {paths.next_intake_key} (admin propose --intake-key FILE).")
+    if done.destroyed:
+        click.echo(
+            f"Destroyed {len(done.destroyed)} expired intake key(s) after re-sealing {done.archived_cases} case(s) "
+            f"to your local archive key ({paths.archive.name}/)."
+        )
+    else:
+        click.echo("No intake key has expired; nothing destroyed.")
 
 
 # --- triage ----------------------------------------------------------------------------------------------------

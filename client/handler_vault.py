@@ -61,6 +61,12 @@ PROFILE_TYPE: Final = "safepassage/handler-profile/v1"
 SESSION_TYPE: Final = "safepassage/handler-session/v1"
 ENROLMENT_TYPE: Final = "safepassage/handler-enrolment/v1"
 INTAKE_KEY_FILE: Final = "intake-key.json"
+NEXT_INTAKE_KEY_FILE: Final = "next-intake-key.json"
+NEW_IDENTITY_FILE: Final = "new-identity.json"
+#: Vault entry of the local archive key (hybrid, never published, never sent anywhere).
+ARCHIVE_KEY: Final = "archive-key"
+#: Vault entry of a rotated identity key waiting for the admins to list it.
+IDENTITY_NEXT: Final = "identity.next"
 MAX_SMALL_FILE: Final = 64 * 1024
 _HANDLER = re.compile(r"[a-z][a-z0-9-]{0,63}")
 
@@ -114,6 +120,21 @@ class HandlerPaths:
     @property
     def intake_key(self) -> Path:
         return self.vault.with_name(INTAKE_KEY_FILE)
+
+    @property
+    def next_intake_key(self) -> Path:
+        """The public entry of a rotated intake key, for the admins (``handler rotate``)."""
+        return self.vault.with_name(NEXT_INTAKE_KEY_FILE)
+
+    @property
+    def new_identity(self) -> Path:
+        """A rotated identity key with the current intake key signed by it, for the admins."""
+        return self.vault.with_name(NEW_IDENTITY_FILE)
+
+    @property
+    def archive(self) -> Path:
+        """Cases re-sealed to the local archive key when an intake key is destroyed (0700)."""
+        return self.vault.with_name(self.vault.name + ".archive")
 
 
 @contextlib.contextmanager
@@ -177,6 +198,9 @@ class HandlerKeys:
     identity: SigningKey
     intake: tuple[HeldIntakeKey, ...]
     replies: dict[str, tuple[str, bytes]]  # message id -> (case id, payload)
+    archive: HybridPrivateKey | None = None
+    #: A new identity key made by ``handler rotate --identity``, used once a directory lists it.
+    identity_next: SigningKey | None = None
 
     def __repr__(self) -> str:
         return f"HandlerKeys({self.handler_id}, {len(self.intake)} intake key(s), {len(self.replies)} reply(ies))"
@@ -184,6 +208,11 @@ class HandlerKeys:
     @property
     def intake_private(self) -> tuple[HybridPrivateKey, ...]:
         return tuple(k.private for k in self.intake)
+
+    @property
+    def opening_keys(self) -> tuple[HybridPrivateKey, ...]:
+        """Every key a case may be sealed to: the intake keys, and the local archive key."""
+        return self.intake_private + ((self.archive,) if self.archive is not None else ())
 
     def current_intake(self, now: int) -> HeldIntakeKey:
         valid = [k for k in self.intake if k.entry.valid_at(now)]
@@ -222,11 +251,13 @@ def keys_from_contents(contents: VaultContents) -> HandlerKeys:
                     get_str(obj, "case"),
                     b64d(get_str(obj, "payload", max_len=2 * MAX_PAYLOAD)),
                 )
+        archive = HybridPrivateKey.from_private_bytes(contents.get(ARCHIVE_KEY)) if ARCHIVE_KEY in contents else None
+        identity_next = SigningKey.from_seed_bytes(contents.get(IDENTITY_NEXT)) if IDENTITY_NEXT in contents else None
     except (UnicodeDecodeError, KeyError) as exc:
         raise MalformedInput("this vault is not a handler vault") from exc
     if not _HANDLER.fullmatch(handler_id) or not intake:
         raise MalformedInput("this vault is not a handler vault")
-    return HandlerKeys(handler_id, org, identity, intake, replies)
+    return HandlerKeys(handler_id, org, identity, intake, replies, archive, identity_next)
 
 
 def open_handler_vault(paths: HandlerPaths, passphrase: Passphrase) -> tuple[VaultContents, HandlerKeys]:

@@ -29,7 +29,7 @@ import aiohttp
 import aiohttp_socks
 from yarl import URL
 
-from safepassage.crypto.encoding import MAX_SAFE_INT, JsonObject, b64e
+from safepassage.crypto.encoding import MAX_SAFE_INT, JsonObject, b64e, canonical_json
 from safepassage.crypto.intake import MAILBOX_NONCE_LEN
 from safepassage.crypto.keys import SIGNATURE_LEN, KeyId, VerifyKey
 
@@ -288,6 +288,22 @@ class IntakeClient:
             params={"start": str(start), "end": str(end)},
         )
         return log_entries_answer(obj, end - start)
+
+    async def post_cosignature(self, size: int, signature: JsonObject) -> int:
+        """Send a witness cosignature over the head of ``size``; the number of cosignatures it now has."""
+        body = canonical_json({"size": size, "signature": signature})
+        obj = await self._call(
+            "POST",
+            self._url("log", "cosignatures"),
+            expect=200,
+            limit=LIMIT_ERROR,
+            body=body,
+            content_type="application/json",
+        )
+        count = obj.get("witness_signatures")
+        if not isinstance(count, int) or isinstance(count, bool) or count < 1:
+            raise ProtocolViolation("malformed cosignature answer")
+        return count
 
     async def new_challenge(self) -> PowChallenge:
         obj = await self._call("POST", self._url("pow"), expect=201, limit=LIMIT_DEFAULT)

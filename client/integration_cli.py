@@ -29,7 +29,7 @@ from safepassage.server.integration import create_integration_app, migrate
 from safepassage.server.integration.bootstrap import init_data_dir, plan_init
 from safepassage.server.integration.config import load_integration_config
 from safepassage.server.integration.directory import IntakeDirectorySource
-from safepassage.server.integration.keys import load_signing_key, open_officer_keys
+from safepassage.server.integration.keys import add_encryption_key, load_signing_key, open_officer_keys
 from safepassage.server.integration.models import Package
 
 from .errors import UsageError
@@ -232,6 +232,25 @@ def read(package_id: str, data_dir: Path, out: Path, passphrase_file: Path | Non
             await store.close()
 
     _echo_read(asyncio.run(go()), out)
+
+
+@integration.command(name="rotate-key")
+@_data
+@_passphrase_file
+@_vault
+def rotate_key(data_dir: Path, passphrase_file: Path | None, vault_path: Path | None) -> None:
+    """Add a new encryption key to the officer's vault (old keys stay, for older packages)."""
+    config = load_integration_config(data_dir)
+    vault = vault_path or config.vault_path
+    key = add_encryption_key(vault, _read_passphrase(passphrase_file, new=False)).public_key
+    signing = load_signing_key(config.keys_dir).verify_key
+    click.echo("New encryption key in the officer's vault. Give the admins (compare fingerprints with them):")
+    click.echo(f"  encryption key:  {b64e(key.public_bytes_raw())}")
+    click.echo(f"  fingerprint:     {key.fingerprint()}")
+    click.echo(f"with the unchanged signing key {b64e(signing.public_bytes_raw())};")
+    click.echo(
+        "they run: admin propose --integration-signing-key SIGNING --integration-key NEW [--integration-key OLD]"
+    )
 
 
 def _echo_read(read: ReadPackage, out: Path) -> None:

@@ -51,6 +51,7 @@ from safepassage.crypto.encoding import (
 from safepassage.crypto.errors import InsecureFile, InvalidProof, MalformedInput, SafePassageError
 from safepassage.crypto.keys import HybridPublicKey, VerifyKey
 from safepassage.crypto.privatefile import read_private, write_private
+from safepassage.crypto.threshold import KeySet
 from safepassage.crypto.translog import (
     HASH_LEN,
     SignedTreeHead,
@@ -273,6 +274,7 @@ async def fetch_trusted_directory(
     now: int,
     *,
     max_head_age: int | None = None,
+    witnesses: KeySet | None = None,
 ) -> TrustedDirectory:
     """The server's current directory, if and only if it passes every check (see the module docstring).
 
@@ -280,7 +282,9 @@ async def fetch_trusted_directory(
     nothing). The returned :attr:`TrustedDirectory.state` is what to remember
     next; the caller saves it. ``max_head_age`` (seconds), if given, refuses a
     head made longer ago than that before ``now``, which bounds how long a
-    server can keep a client on an old directory.
+    server can keep a client on an old directory. ``witnesses`` (a pinned
+    witness key set with its threshold K), if given, refuses a head without
+    K valid witness cosignatures (8.6).
     """
     org = normalise_fingerprint(org_fingerprint)
     if state is not None and state.org != org:
@@ -304,8 +308,9 @@ async def fetch_trusted_directory(
         # server shows is then compared with the remembered head below.
         walk = await _walk_from_genesis(client, org, head.size, page)
 
-    # 8.6: the head must meet the admin set of the newest trusted directory.
-    signed_head.verify(walk.directory.admins)
+    # 8.6: the head must meet the admin set of the newest trusted directory
+    # and, for a client that pins witnesses, K of their cosignatures.
+    signed_head.verify(walk.directory.admins, witnesses)
     # 8.7 step 2: no rollback, no fork against what this client saw before.
     check_extension(state.head if state is not None else None, head, answer.consistency)
     # 8.7 step 3: every entry walked is at its index under this head...

@@ -18,7 +18,7 @@ from sqlalchemy import delete, select
 
 from safepassage.crypto.envelope import CHUNK_LEN
 
-from . import intake
+from . import intake, log_api
 from .config import ServerConfig
 from .context import INTAKE, Intake
 from .db.engine import Store, make_engine
@@ -27,12 +27,14 @@ from .errors import error_middleware
 from .inputs import BODY_BUDGET, BodyBudget, body_budget_middleware
 from .keys import load_keys
 from .security import add_security_headers
+from .web.setup import setup_pages
 
 log = logging.getLogger("safepassage.server")
 
 #: Largest request body: one chunk frame or the largest envelope, whichever is bigger.
 CLIENT_MAX_SIZE = max(intake.MAX_ENVELOPE, CHUNK_LEN) + 4096
 HOUSEKEEPING_SECONDS = 30.0
+DIRECTORY_WATCH_SECONDS = 2.0
 #: Spent nonces are kept this long past their expiry, so a front end whose clock
 #: is behind cannot accept a challenge another front end has already forgotten.
 CLOCK_SKEW_MARGIN = 600
@@ -71,6 +73,17 @@ async def _housekeeping_loop(app: Intake) -> None:
             log.error("housekeeping failed: %s", type(exc).__name__)
 
 
+async def _directory_watch(app: Intake) -> None:
+    # A directory published elsewhere (the staff app, another front end) must
+    # take effect within seconds: it may revoke a handler.
+    while True:
+        await asyncio.sleep(DIRECTORY_WATCH_SECONDS)
+        try:
+            await app.refresh_if_changed()
+        except Exception as exc:  # a failed check must not stop the next one
+            log.error("directory check failed: %s", type(exc).__name__)
+
+
 def quiet_aiohttp_logs() -> None:
     """aiohttp logs a malformed request with a traceback that quotes the raw
     request line and headers (upload tokens included), and its access log
@@ -85,6 +98,8 @@ def create_app(config: ServerConfig, *, store: Store | None = None) -> web.Appli
     app[BODY_BUDGET] = BodyBudget()
     app.on_response_prepare.append(add_security_headers)
     app.add_routes(intake.routes)
+    app.add_routes(log_api.routes)
+    setup_pages(app, config)  # the applicant's web pages (server/web/)
 
     async def resources(app: web.Application) -> AsyncIterator[None]:
         own_store = store is None
@@ -92,11 +107,12 @@ def create_app(config: ServerConfig, *, store: Store | None = None) -> web.Appli
         state = Intake.create(config, load_keys(config.keys_dir), active)
         await state.refresh()
         app[INTAKE] = state
-        task = asyncio.create_task(_housekeeping_loop(state))
+        tasks = [asyncio.create_task(_housekeeping_loop(state)), asyncio.create_task(_directory_watch(state))]
         yield
-        task.cancel()
-        with contextlib.suppress(asyncio.CancelledError):
-            await task
+        for task in tasks:
+            task.cancel()
+            with contextlib.suppress(asyncio.CancelledError):
+                await task
         if own_store:
             await active.close()
 

@@ -23,7 +23,7 @@ from .config import ServerConfig, load_config, write_config
 from .db import migrate
 from .db.engine import Store, make_engine
 from .directory_store import parse_signed_head, publish
-from .keys import create_keys, load_keys
+from .keys import create_keys, create_next_receipt_key, load_keys, load_next_receipt_key
 
 DATA = click.option(
     "--data",
@@ -102,8 +102,14 @@ def publish_cmd(data_dir: Path, directory_file: Path, head_file: Path) -> None:
     async def run() -> int:
         store = Store(make_engine(config.url))
         try:
+            waiting = load_next_receipt_key(config.keys_dir)
             published = await publish(
-                store, signed, head, org_fingerprint=config.org_fingerprint, receipt_key=keys.receipt.verify_key
+                store,
+                signed,
+                head,
+                org_fingerprint=config.org_fingerprint,
+                receipt_key=keys.receipt.verify_key,
+                next_receipt_key=waiting.verify_key if waiting is not None else None,
             )
         finally:
             await store.close()
@@ -111,6 +117,19 @@ def publish_cmd(data_dir: Path, directory_file: Path, head_file: Path) -> None:
 
     version = asyncio.run(run())
     click.echo(f"Published directory version {version}; the log now has {head.head.size} entries.")
+
+
+@server.command(name="rotate-receipt-key")
+@DATA
+def rotate_receipt_key(data_dir: Path) -> None:
+    """Make the next receipt key; it replaces the current one when a directory naming it is published."""
+    config = load_config(data_dir)
+    load_keys(config.keys_dir)  # a folder with no keys is refused before anything is written
+    key = create_next_receipt_key(config.keys_dir).verify_key
+    click.echo("Next receipt key made. Give the admins this key, and compare its fingerprint with them:")
+    click.echo(f"  receipt key:  {b64e(key.public_bytes_raw())}")
+    click.echo(f"  fingerprint:  {key.fingerprint()}")
+    click.echo("They run: safepassage admin propose --receipt-key KEY; the server switches once it is published.")
 
 
 @server.command()

@@ -66,6 +66,19 @@ class ServerConfig:
     staff_idle_minutes: int = 30
     #: ... and at the latest this many hours after login.
     staff_session_hours: int = 12
+    #: Comma-separated public keys (base64url) of witnesses whose cosignatures the server keeps (protocol 8.8).
+    witness_keys: str = ""
+    #: Shown on the web pages as who runs this service (empty: the directory's organisation name).
+    operator_name: str = ""
+    #: One paragraph about the operator, shown on the web pages as plain text.
+    operator_about: str = ""
+    #: 1: the web pages seal for browsers without JavaScript (the server sees that plaintext
+    #: for one request); 0: that path is off and the pages point to the command-line client.
+    web_server_sealing: int = 1
+    #: Total size of the files one web contact may attach (held in memory while sealed).
+    web_max_upload_bytes: int = 32 * MiB
+    #: Codename derivations (contacts, reads, follow-ups) the web pages do per minute, all clients together.
+    web_sealing_per_minute: int = 30
 
     @property
     def db_path(self) -> Path:
@@ -96,7 +109,9 @@ class ServerConfig:
             raise ConfigError("PoW memory out of range")
         if not W.MIN_LIFETIME <= self.pow_lifetime <= W.MAX_LIFETIME:
             raise ConfigError("PoW lifetime out of range")
+        self._validate_web()
         positive = (
+            self.web_sealing_per_minute,
             self.upload_window_hours,
             self.pow_load_threshold,
             self.rate_limit_per_minute,
@@ -106,7 +121,20 @@ class ServerConfig:
         )
         if min(positive) < 1:
             raise ConfigError("limits and windows must be positive")
+        if self.witness_keys and not _WITNESS_KEYS.fullmatch(self.witness_keys):
+            raise ConfigError("witness_keys must be comma-separated base64url Ed25519 public keys")
         return self
+
+    def _validate_web(self) -> None:
+        if self.web_server_sealing not in (0, 1):
+            raise ConfigError("web_server_sealing must be 0 or 1")
+        if not 0 <= self.web_max_upload_bytes <= 256 * MiB or len(self.operator_name) > 200:
+            raise ConfigError("web_max_upload_bytes must be 0 to 256 MiB and operator_name at most 200 characters")
+        if len(self.operator_about) > 4000:
+            raise ConfigError("operator_about must be at most 4000 characters")
+
+
+_WITNESS_KEYS = re.compile(r"[A-Za-z0-9_-]{43}(,[A-Za-z0-9_-]{43}){0,31}")
 
 
 def _coerce(name: str, raw: Any, kind: type) -> Any:

@@ -2,18 +2,24 @@
 
 from __future__ import annotations
 
+import logging
 from dataclasses import dataclass, field
 
 from aiohttp import web
 from sqlalchemy import select
 
+from safepassage.crypto.encoding import b64d
+from safepassage.crypto.keys import VerifyKey
+
 from .config import ServerConfig
 from .db.engine import Store
 from .db.models import LogEntry
-from .directory_store import Published, load_published
+from .directory_store import Published, load_published, published_size
 from .errors import ApiError
-from .keys import ServerKeys
+from .keys import ServerKeys, UnknownReceiptKey, promote_receipt_key
 from .limits import PowDifficulty, RateLimiter
+
+log = logging.getLogger("safepassage.server")
 
 
 @dataclass
@@ -25,6 +31,8 @@ class Intake:
     challenge_limit: RateLimiter
     mailbox_challenge_limit: RateLimiter
     difficulty: PowDifficulty
+    #: Witnesses whose cosignatures this server keeps (configuration ``witness_keys``).
+    witness_keys: tuple[VerifyKey, ...] = ()
     #: Nonces whose work is being checked right now (SQLite: their spent mark is not committed yet).
     pow_in_flight: set[bytes] = field(default_factory=set, repr=False)
     _published: Published | None = field(default=None, repr=False)
@@ -41,6 +49,9 @@ class Intake:
             # use up the proof-of-work challenges new applicants need.
             mailbox_challenge_limit=RateLimiter(config.challenge_limit_per_minute, "mailbox challenge requests"),
             difficulty=PowDifficulty(config.pow_base_difficulty, config.pow_max_difficulty, config.pow_load_threshold),
+            witness_keys=tuple(
+                VerifyKey(b64d(k, length=32, what="witness key")) for k in config.witness_keys.split(",") if k
+            ),
         )
 
     def published(self) -> Published:
@@ -51,6 +62,20 @@ class Intake:
     async def refresh(self) -> None:
         """Reload the directory if another process (or `server publish`) extended the log."""
         self._published = await load_published(self.store)
+        if self._published is not None:
+            wanted = self._published.directory.receipt_key
+            if wanted != self.keys.receipt.verify_key:
+                # A directory naming the next receipt key completes a rotation.
+                try:
+                    self.keys = promote_receipt_key(self.config.keys_dir, self.keys, wanted)
+                except UnknownReceiptKey:
+                    log.error("the published directory names a receipt key this server does not hold")
+
+    async def refresh_if_changed(self) -> None:
+        """Reload when the log grew: admins publish through the staff app, another process."""
+        current = self._published.head.head.size if self._published is not None else 0
+        if await published_size(self.store) != current:
+            await self.refresh()
 
     async def log_entries(self, start: int, end: int) -> list[bytes]:
         async with self.store.read() as session:

@@ -12,7 +12,7 @@ from __future__ import annotations
 
 from dataclasses import dataclass
 
-from sqlalchemy import select
+from sqlalchemy import delete, func, select
 from sqlalchemy.ext.asyncio import AsyncSession
 
 from safepassage.crypto.directory import Directory, SignedDirectory, verify_genesis, verify_successor
@@ -22,7 +22,8 @@ from safepassage.crypto.keys import VerifyKey
 from safepassage.crypto.translog import MerkleLog, SignedTreeHead, leaf_hash
 
 from .db.engine import Store
-from .db.models import LogEntry, TreeHeadRecord
+from .db.models import LogEntry, StaffSession, TreeHeadRecord
+from .routing import log_entries, reassign_orphaned_cases
 
 MAX_HEAD_BYTES = 64 * 1024
 
@@ -53,7 +54,7 @@ def parse_signed_head(data: bytes) -> SignedTreeHead:
     return SignedTreeHead.from_json(as_obj(parse_canonical_json(data, max_len=MAX_HEAD_BYTES), "tree head"))
 
 
-async def _load(session: AsyncSession, *, for_update: bool = False) -> Published | None:
+async def load_in(session: AsyncSession, *, for_update: bool = False) -> Published | None:
     query = select(LogEntry).order_by(LogEntry.index)
     if for_update:
         # Two publications must not both extend the same log (PostgreSQL; SQLite
@@ -69,9 +70,15 @@ async def _load(session: AsyncSession, *, for_update: bool = False) -> Published
     return Published(signed, last.entry, last.index, log, parse_signed_head(head_row.signed_head))
 
 
+async def published_size(store: Store) -> int:
+    """The size of the newest tree head: a cheap way to notice another process published."""
+    async with store.read() as session:
+        return int(await session.scalar(select(func.max(TreeHeadRecord.size))) or 0)
+
+
 async def load_published(store: Store) -> Published | None:
     async with store.read() as session:
-        return await _load(session)
+        return await load_in(session)
 
 
 def check_publication(
@@ -81,6 +88,7 @@ def check_publication(
     *,
     org_fingerprint: str,
     receipt_key: VerifyKey,
+    next_receipt_key: VerifyKey | None = None,
 ) -> tuple[Directory, bytes]:
     """Everything a client will check, checked before anything is stored."""
     try:
@@ -100,25 +108,81 @@ def check_publication(
         raise
     except SafePassageError as exc:
         raise PublishRefused(exc.message) from exc
-    if directory.receipt_key != receipt_key:
-        raise PublishRefused("the directory does not name this server's receipt key")
+    if directory.receipt_key not in (receipt_key, next_receipt_key):
+        raise PublishRefused("the directory does not name this server's receipt key (current or next)")
     if current is not None and head.head.timestamp < current.head.head.timestamp:
         raise PublishRefused("the tree head is older than the one being served")
     return directory, entry
 
 
+@dataclass(frozen=True, slots=True)
+class Effects:
+    """What publishing a directory changed besides the log (counts only)."""
+
+    #: Handlers listed before and not now: their staff sessions ended.
+    removed_handlers: tuple[str, ...]
+    ended_sessions: int
+    moved_cases: int
+    stranded_cases: int
+
+
+async def publish_in(
+    session: AsyncSession,
+    signed: SignedDirectory,
+    head: SignedTreeHead,
+    *,
+    org_fingerprint: str,
+    receipt_key: VerifyKey,
+    next_receipt_key: VerifyKey | None = None,
+) -> Effects:
+    """Append ``signed`` to the log and serve ``head`` within ``session``'s transaction.
+
+    A handler the new directory no longer lists is revoked at once: its staff
+    sessions end and its open cases move to a handler of the pool who can read
+    them, in the same transaction as the publication.
+    """
+    current = await load_in(session, for_update=True)
+    directory, entry = check_publication(
+        current,
+        signed,
+        head,
+        org_fingerprint=org_fingerprint,
+        receipt_key=receipt_key,
+        next_receipt_key=next_receipt_key,
+    )
+    index = current.log.size if current else 0
+    session.add(LogEntry(index=index, version=directory.version, entry=entry, leaf_hash=leaf_hash(entry)))
+    session.add(TreeHeadRecord(size=head.head.size, signed_head=canonical_json(head.to_json())))
+    await session.flush()
+    before = {h.handler_id for h in current.directory.handlers} if current else set()
+    removed = tuple(sorted(before - {h.handler_id for h in directory.handlers}))
+    ended = 0
+    if removed:
+        result = await session.execute(delete(StaffSession).where(StaffSession.username.in_(removed)))
+        ended = result.rowcount  # type: ignore[attr-defined]
+    moved = await reassign_orphaned_cases(session, directory, await log_entries(session))
+    return Effects(removed, ended, moved.moved, moved.stranded)
+
+
 async def publish(
-    store: Store, signed: SignedDirectory, head: SignedTreeHead, *, org_fingerprint: str, receipt_key: VerifyKey
+    store: Store,
+    signed: SignedDirectory,
+    head: SignedTreeHead,
+    *,
+    org_fingerprint: str,
+    receipt_key: VerifyKey,
+    next_receipt_key: VerifyKey | None = None,
 ) -> Published:
     """Append ``signed`` to the log and serve ``head``; all or nothing."""
     async with store.write() as session:
-        current = await _load(session, for_update=True)
-        directory, entry = check_publication(
-            current, signed, head, org_fingerprint=org_fingerprint, receipt_key=receipt_key
+        await publish_in(
+            session,
+            signed,
+            head,
+            org_fingerprint=org_fingerprint,
+            receipt_key=receipt_key,
+            next_receipt_key=next_receipt_key,
         )
-        index = current.log.size if current else 0
-        session.add(LogEntry(index=index, version=directory.version, entry=entry, leaf_hash=leaf_hash(entry)))
-        session.add(TreeHeadRecord(size=head.head.size, signed_head=canonical_json(head.to_json())))
     published = await load_published(store)
     if published is None:
         raise PublishRefused("the publication could not be read back")

@@ -10,14 +10,16 @@ acknowledged one is on disk before its receipt is signed.
 from __future__ import annotations
 
 import asyncio
+import contextlib
 import datetime as dt
 import hashlib
 import json
 import re
 import secrets
 import time
-from collections.abc import Callable, Sequence
+from collections.abc import AsyncIterator, Callable
 from dataclasses import dataclass
+from typing import Any
 
 from aiohttp import web
 from sqlalchemy import delete, func, select
@@ -49,6 +51,7 @@ from .inputs import query_int as _query_int
 from .inputs import read_binary as _read_binary
 from .inputs import round_up_hour as _round_up_hour
 from .inputs import token_hash as _token_hash
+from .routing import choose_owner_sync
 
 routes = web.RouteTableDef()
 
@@ -60,7 +63,6 @@ MAILBOX_NONCE_LIFETIME = 300
 #: Sealed bytes per mailbox page (about 11 MiB of JSON once base64-encoded).
 MAILBOX_PAGE_BYTES = 8 * 1024 * 1024
 MAX_LOG_PAGE = 64
-OPEN_STATUSES = ("new", "reviewing", "replied")
 _POOL = re.compile(r"[a-z][a-z0-9-]{0,31}")
 _ID = re.compile(r"[A-Za-z0-9_-]{8,64}")
 _MAILBOX = re.compile(r"[0-9a-f]{64}")
@@ -133,9 +135,17 @@ class _Spent:
     expires: int
     held: bool  # True: the mark is held in memory and goes into the submission's own transaction
 
-    def add_to(self, session: Session) -> None:
+    def mark(self, session: Session) -> None:
+        """After a refusal: record the mark unless something else already did."""
         if session.get(SpentChallenge, self.nonce) is None:
             session.add(SpentChallenge(nonce=self.nonce, expires=self.expires))
+
+    def claim(self, session: Session) -> None:
+        """With the submission: the mark must be new (the web form path spends challenges of the
+        same key by committing first, so a nonce can be spent there while held here)."""
+        if session.get(SpentChallenge, self.nonce) is not None:
+            raise ApiError(409, "pow_reused", "This proof of work was already used; get a new challenge.")
+        session.add(SpentChallenge(nonce=self.nonce, expires=self.expires))
 
 
 async def _spend_and_verify(app: Intake, checked: W.CheckedChallenge, counter_header: str) -> _Spent:
@@ -201,7 +211,7 @@ async def _release(app: Intake, spent: _Spent, *, refused: bool) -> None:
         return
     try:
         if refused:
-            await app.store.transaction(spent.add_to)
+            await app.store.transaction(spent.mark)
     finally:
         app.pow_in_flight.discard(spent.nonce)
 
@@ -211,7 +221,7 @@ async def _write_paid(app: Intake, spent: _Spent, work: Callable[[Session], None
 
     def both(session: Session) -> None:
         if spent.held:
-            spent.add_to(session)
+            spent.claim(session)
         work(session)
 
     try:
@@ -269,29 +279,29 @@ def _check_submission(
         raise ApiError(403, "bad_signature", "The submission signature does not verify.") from None
 
 
-def _check_quota(session: Session, app: Intake, mailbox_id: str, today: dt.date) -> None:
-    contacts = session.scalar(
-        select(func.count()).select_from(Contact).where(Contact.mailbox_id == mailbox_id, Contact.day == today)
-    )
-    messages = session.scalar(
+def _quota_counts(mailbox_id: str, today: dt.date) -> tuple[Any, Any]:  # two count Selects
+    contacts = select(func.count()).select_from(Contact).where(Contact.mailbox_id == mailbox_id, Contact.day == today)
+    messages = (
         select(func.count())
         .select_from(Message)
         .where(Message.mailbox_id == mailbox_id, Message.day == today, Message.kind == "follow-up")
     )
+    return contacts, messages
+
+
+def _over_quota(app: Intake, contacts: int | None, messages: int | None) -> None:
     if (contacts or 0) + (messages or 0) >= app.config.mailbox_daily_quota:
         raise ApiError(429, "quota_exceeded", "This mailbox has sent as much as it may today; try again tomorrow.")
 
 
-def _choose_owner(session: Session, pool: str, candidates: Sequence[str]) -> str:
-    """The candidate with the fewest open cases in the pool; ties broken uniformly at random."""
-    rows = session.execute(
-        select(Contact.owner, func.count())
-        .where(Contact.pool == pool, Contact.state == "complete", Contact.status.in_(OPEN_STATUSES))
-        .group_by(Contact.owner)
-    )
-    load: dict[str, int] = {row[0]: row[1] for row in rows.all()}
-    fewest = min(load.get(c, 0) for c in candidates)
-    return secrets.choice([c for c in candidates if load.get(c, 0) == fewest])
+async def _check_quota(session: AsyncSession, app: Intake, mailbox_id: str, today: dt.date) -> None:
+    contacts, messages = _quota_counts(mailbox_id, today)
+    _over_quota(app, await session.scalar(contacts), await session.scalar(messages))
+
+
+def _check_quota_sync(session: Session, app: Intake, mailbox_id: str, today: dt.date) -> None:
+    contacts, messages = _quota_counts(mailbox_id, today)
+    _over_quota(app, session.scalar(contacts), session.scalar(messages))
 
 
 # --- directory and log ----------------------------------------------------------------------------
@@ -300,6 +310,8 @@ def _choose_owner(session: Session, pool: str, candidates: Sequence[str]) -> str
 @routes.get("/api/v1/directory", name="directory")
 async def get_directory(request: web.Request) -> web.Response:
     app = intake_of(request)
+    # Clients fetch the directory before anything else: serve the newest.
+    await app.refresh_if_changed()
     published = app.published()
     head = published.head.head
     known = (
@@ -400,8 +412,8 @@ async def submit_contact(request: web.Request) -> web.Response:
         if mailbox is None:
             session.add(Mailbox(id=mailbox_id, public_key=mailbox_key.public_bytes_raw(), created_day=today))
         else:
-            _check_quota(session, app, mailbox_id, today)
-        owner = _choose_owner(session, pool, candidates)
+            _check_quota_sync(session, app, mailbox_id, today)
+        owner = choose_owner_sync(session, pool, candidates)
         session.add(
             Contact(
                 id=contact_id,
@@ -420,7 +432,7 @@ async def submit_contact(request: web.Request) -> web.Response:
                 upload_expires=_round_up_hour(now + 3600 * cfg.upload_window_hours) if token else None,
             )
         )
-        _flush_or_conflict(session)
+        _flush_or_conflict_sync(session)
 
     await _write_paid(app, spent, store)
     stored = _Stored(contact_id, envelope_hash, today)
@@ -440,11 +452,28 @@ async def _write(app: Intake, work: Callable[[Session], None]) -> None:
         raise ApiError(409, "conflict", "A concurrent request already stored this; nothing was stored.") from None
 
 
-def _flush_or_conflict(session: Session) -> None:
+def _flush_or_conflict_sync(session: Session) -> None:
     try:
         session.flush()
     except IntegrityError:
         # Two requests raced for the same challenge or chunk: the loser changes nothing.
+        raise ApiError(409, "conflict", "A concurrent request already used this; nothing was stored.") from None
+
+
+@contextlib.asynccontextmanager
+async def _writing(app: Intake) -> AsyncIterator[AsyncSession]:
+    """As :func:`_write`, for callers that write through the async session (the web pages)."""
+    try:
+        async with app.store.write() as session:
+            yield session
+    except IntegrityError:
+        raise ApiError(409, "conflict", "A concurrent request already stored this; nothing was stored.") from None
+
+
+async def _flush_or_conflict(session: AsyncSession) -> None:
+    try:
+        await session.flush()
+    except IntegrityError:
         raise ApiError(409, "conflict", "A concurrent request already used this; nothing was stored.") from None
 
 
@@ -498,7 +527,7 @@ async def upload_chunk(request: web.Request) -> web.Response:
         if ((total or 0) + 1) * E.CHUNK_LEN > app.config.max_contact_bytes:
             raise ApiError(413, "contact_too_large", "The attachments exceed the size limit for one contact.")
         session.add(Chunk(contact_id=contact_id, attachment=attachment, index=index, final=fields.final, frame=frame))
-        _flush_or_conflict(session)
+        _flush_or_conflict_sync(session)
 
     await _write(app, store)
     return web.json_response({"attachment": attachment, "index": index, "final": fields.final}, status=201)
@@ -647,7 +676,7 @@ async def post_follow_up(request: web.Request) -> web.Response:
     spent = await _spend_and_verify(app, checked, request.headers[POW_HEADER])
 
     def store(session: Session) -> None:
-        _check_quota(session, app, mailbox_id, today)
+        _check_quota_sync(session, app, mailbox_id, today)
         seq = session.scalar(select(func.coalesce(func.max(Message.seq), 0)).where(Message.mailbox_id == mailbox_id))
         session.add(
             Message(
@@ -662,7 +691,7 @@ async def post_follow_up(request: web.Request) -> web.Response:
                 seq=(seq or 0) + 1,
             )
         )
-        _flush_or_conflict(session)
+        _flush_or_conflict_sync(session)
 
     await _write_paid(app, spent, store)
     receipt = _sign_receipt(app, _Stored(message_id, envelope_hash, today))

@@ -2,6 +2,9 @@
 
 * ``receipt.key``: the Ed25519 seed that signs receipts; its public half is in
   the directory, so applicants can check what the server acknowledged.
+* ``receipt.next.key``: during a rotation, the next receipt key; it replaces
+  ``receipt.key`` (which is then destroyed) as soon as a published directory
+  names it, so receipts are always signed by the key the directory lists.
 * ``pow.key``: the secret that authenticates proof-of-work challenges.
 * ``totp.key``: the key sealing staff TOTP secrets in the database
   (docs/protocol.md, section 18.3). Folders made before the staff app have
@@ -12,16 +15,19 @@ None is ever written to configuration, logs or the database.
 
 from __future__ import annotations
 
-from dataclasses import dataclass
+import os
+from dataclasses import dataclass, replace
 from pathlib import Path
 
 from safepassage.crypto.errors import SafePassageError
-from safepassage.crypto.keys import SigningKey
+from safepassage.crypto.keys import SigningKey, VerifyKey
 from safepassage.crypto.passwords import TOTP_KEY_LEN, TotpSecretKey
 from safepassage.crypto.pow import PowKey
 from safepassage.crypto.privatefile import read_private, write_private
 
 RECEIPT_KEY_FILE = "receipt.key"
+#: A receipt key made by ``server rotate-receipt-key``, waiting for a directory that names it.
+RECEIPT_NEXT_FILE = "receipt.next.key"
 POW_KEY_FILE = "pow.key"
 TOTP_KEY_FILE = "totp.key"
 
@@ -87,3 +93,56 @@ def load_keys(keys_dir: Path) -> ServerKeys:
         # Loading creates nothing: the public app runs without it, the staff app refuses.
         totp = None
     return ServerKeys(SigningKey.from_seed_bytes(receipt), PowKey.from_bytes(pow_key), totp)
+
+
+class ReceiptKeyPending(SafePassageError):
+    """A next receipt key is already waiting for the admins to publish it."""
+
+    hint = (
+        "Have the admins publish a directory naming it (admin propose --receipt-key), or delete keys/receipt.next.key."
+    )
+    exit_code = 2
+
+
+def create_next_receipt_key(keys_dir: Path) -> SigningKey:
+    """Start a receipt-key rotation: a new key beside the current one, used once a directory names it."""
+    key = SigningKey.generate()
+    try:
+        write_private(keys_dir / RECEIPT_NEXT_FILE, key.seed_bytes_raw(), replace=False)
+    except FileExistsError:
+        raise ReceiptKeyPending() from None
+    return key
+
+
+def load_next_receipt_key(keys_dir: Path) -> SigningKey | None:
+    try:
+        return SigningKey.from_seed_bytes(
+            read_private(keys_dir / RECEIPT_NEXT_FILE, max_len=64, what="the next receipt key")
+        )
+    except FileNotFoundError:
+        return None
+
+
+def promote_receipt_key(keys_dir: Path, keys: ServerKeys, wanted: VerifyKey) -> ServerKeys:
+    """The keys with ``wanted`` as the receipt key: the current one, or the waiting next one made current.
+
+    The old receipt key's file is replaced (destroyed) in one rename; several
+    processes sharing the folder may race here, and each ends with the same key.
+    """
+    if keys.receipt.verify_key == wanted:
+        return keys
+    current = SigningKey.from_seed_bytes(read_private(keys_dir / RECEIPT_KEY_FILE, max_len=64, what="the receipt key"))
+    if current.verify_key != wanted:
+        waiting = load_next_receipt_key(keys_dir)
+        if waiting is None or waiting.verify_key != wanted:
+            raise UnknownReceiptKey()
+        os.replace(keys_dir / RECEIPT_NEXT_FILE, keys_dir / RECEIPT_KEY_FILE)
+        current = waiting
+    return replace(keys, receipt=current)
+
+
+class UnknownReceiptKey(SafePassageError):
+    """The published directory names a receipt key this server does not hold."""
+
+    hint = "Receipts cannot be signed until a directory naming this server's receipt key is published."
+    exit_code = 2

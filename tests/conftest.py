@@ -11,6 +11,7 @@ import os
 from hypothesis import HealthCheck, settings
 
 # Fixtures shared by the server tests: a real PostgreSQL and a running intake.
+from .browser import browser, browser_js  # noqa: F401  (Debian chromium for the web page tests)
 from .deployment import database_url, deployment  # noqa: F401
 from .integration_service import integration, start_service  # noqa: F401
 from .pg import pg_server  # noqa: F401

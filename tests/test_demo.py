@@ -46,6 +46,7 @@ def test_demo_runs_the_whole_flow(tmp_path: Path) -> None:
         "What the server holds",
         "none found",
         "Demonstration finished in",
+        "applicant web pages",
     ):
         assert phrase in out, phrase
     assert MESSAGE not in out

@@ -160,6 +160,10 @@ async def build_world(sd: StaffDeployment, calls: StaffCalls, public_calls: Call
     revoked = await calls.call("POST", "/staff/v1/admin/staff/erin/revoke", account=accounts["admin"])
     assert revoked.status == 200
     await sd.publish(roster_directory(dep, 3, {k: v for k, v in roster.items() if k != "bob"}))
+    # Publication ended bob's session (test_admin_proposals checks that); a new login
+    # works, but a handler no longer listed may not touch cases.
+    assert (await calls.call("GET", "/staff/v1/me", account=accounts["removed"])).status == 401
+    assert (await calls.login(accounts["removed"])).status == 201
     ids = {"case": case_id, "other_case": other_case, "message": posted.body["message"], "victim": "victim"}
     return World(sd, calls, accounts, ids, applicant)
 

@@ -22,6 +22,7 @@ from sqlalchemy import (
     MetaData,
     SmallInteger,
     String,
+    false,
 )
 from sqlalchemy.orm import DeclarativeBase, Mapped, mapped_column
 
@@ -104,6 +105,8 @@ class Message(Base):
     envelope_hash: Mapped[bytes] = mapped_column(LargeBinary(32))
     #: Sequence number within the mailbox, so replies come back in order without timestamps.
     seq: Mapped[int] = mapped_column(BigInteger)
+    #: True for a follow-up the no-JavaScript web path sealed (the server saw it for one request).
+    server_sealed: Mapped[bool] = mapped_column(Boolean, default=False, server_default=false())
 
 
 class SpentChallenge(Base):
@@ -220,3 +223,31 @@ class EscalationRecord(Base):
     day: Mapped[dt.date] = mapped_column(Date)
     #: The receipt as canonical JSON (docs/protocol.md, 17.3).
     receipt: Mapped[bytes] = mapped_column(LargeBinary)
+
+
+# --- administration (docs/protocol.md, section 19) ------------------------------------------------
+
+
+class DirectoryProposal(Base):
+    """A directory change the admins are co-signing; public material only (what the log will publish)."""
+
+    __tablename__ = "directory_proposals"
+
+    id: Mapped[str] = mapped_column(String(32), primary_key=True)
+    #: The version it succeeds; the proposed directory has ``base_version + 1``.
+    base_version: Mapped[int] = mapped_column(Integer)
+    #: "signing" (collecting directory signatures), "head" (collecting tree-head signatures),
+    #: "published" or "stale" (another version was published first).
+    state: Mapped[str] = mapped_column(String(16), index=True)
+    proposer: Mapped[str] = mapped_column(String(64))
+    created_day: Mapped[dt.date] = mapped_column(Date)
+    #: Canonical JSON of the proposed directory (7.1), unsigned.
+    directory: Mapped[bytes] = mapped_column(LargeBinary)
+    #: Canonical JSON array of admin signatures (6.2) over it.
+    signatures: Mapped[bytes] = mapped_column(LargeBinary)
+    #: Once enough signatures: the signed directory exactly as the log will hold it.
+    entry: Mapped[bytes | None] = mapped_column(LargeBinary, nullable=True)
+    #: Once enough signatures: the tree head (8.6) of the log with ``entry`` appended.
+    head: Mapped[bytes | None] = mapped_column(LargeBinary, nullable=True)
+    #: Canonical JSON array of admin signatures over ``head``.
+    head_signatures: Mapped[bytes] = mapped_column(LargeBinary)

@@ -20,7 +20,7 @@ from typing import Final
 from safepassage.crypto.errors import SafePassageError
 from safepassage.crypto.keys import HybridPrivateKey, SigningKey
 from safepassage.crypto.privatefile import read_private, write_private
-from safepassage.crypto.vault import Passphrase, VaultContents, create_vault, open_vault
+from safepassage.crypto.vault import Passphrase, VaultContents, create_vault, open_vault, save_vault
 
 SIGNING_KEY_FILE: Final = "signing.key"
 #: Vault entry names of the encryption keys: this prefix and the key id's first 16 bytes in hex.
@@ -82,3 +82,15 @@ def open_officer_keys(path: Path, passphrase: Passphrase) -> tuple[HybridPrivate
     if not keys:
         raise NoEncryptionKeys()
     return keys
+
+
+def add_encryption_key(path: Path, passphrase: Passphrase) -> HybridPrivateKey:
+    """A new encryption key in the officer's vault, kept beside the old ones (which still open older packages).
+
+    Its public half goes into the directory's integration ``encryption_keys``
+    (``admin propose --integration-key``); handlers seal to the keys listed.
+    """
+    contents = open_vault(path, passphrase)
+    key = HybridPrivateKey.generate()
+    save_vault(path, passphrase, contents.with_entry(_entry_name(key), key.private_bytes_raw()))
+    return key

@@ -29,6 +29,7 @@ from safepassage.crypto.staffmsg import IntegrationReceipt
 from ..db.models import Chunk, Contact, EscalationRecord, Mailbox, Message, StaffUser
 from ..errors import ApiError, bad_request, from_crypto
 from ..inputs import path_int, query_int, read_binary
+from ..routing import key_owners, log_entries, readers_of
 from .accounts import PREFIX
 from .auth import Caller, handler_caller
 from .body import path_id, read_json, string, username
@@ -313,6 +314,8 @@ async def handover(request: web.Request) -> web.Response:
     in_pool = {h.handler_id for h in directory.handlers if case["pool"] in h.pools}
     async with staff.store.read() as session:
         account = await session.get(StaffUser, target)
+        envelope = await session.scalar(select(Contact.envelope).where(Contact.id == case_id))
+        readers = readers_of(envelope or b"", key_owners(await log_entries(session)))
     if (
         target == caller.username
         or target not in in_pool
@@ -324,6 +327,12 @@ async def handover(request: web.Request) -> web.Response:
             422,
             "invalid_handover_target",
             "Hand over only to another active handler listed in the current directory for this case's pool.",
+        )
+    if target not in readers:
+        # The contact is sealed to the pool's intake keys of the day it arrived:
+        # a handler who was not among them could not open it.
+        raise ApiError(
+            422, "target_cannot_read", "That handler was not a recipient of this contact and could not open it."
         )
     async with staff.store.write() as session:
         changed = await session.execute(update(Contact).where(_owned(case_id, caller)).values(owner=target))

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import asyncio
+import contextlib
 import datetime as dt
 import time
 from collections.abc import Callable
@@ -11,6 +12,7 @@ from dataclasses import dataclass, field
 from aiohttp import web
 from sqlalchemy.ext.asyncio import AsyncSession
 
+from safepassage.crypto.keys import VerifyKey
 from safepassage.crypto.passwords import Password, TotpSecretKey, hash_password, verify_password
 
 from ..config import ServerConfig
@@ -18,6 +20,7 @@ from ..db.engine import Store
 from ..db.models import AuditEvent
 from ..directory_store import Published, load_published
 from ..errors import ApiError
+from ..keys import UnknownReceiptKey, load_keys, load_next_receipt_key, promote_receipt_key
 
 Clock = Callable[[], float]
 
@@ -30,6 +33,8 @@ class Staff:
     config: ServerConfig
     store: Store
     totp_key: TotpSecretKey
+    #: The public half of this server's receipt key: a directory must name it to be published.
+    receipt_key: VerifyKey
     clock: Clock = time.time
     #: A hash of a random password, verified against when a login names no account,
     #: so an unknown username costs the same work as a known one.
@@ -59,6 +64,19 @@ class Staff:
     async def refresh(self) -> None:
         """Reload the directory from the shared database (``server publish`` or another front end)."""
         self._published = await load_published(self.store)
+        if self._published is not None and self._published.directory.receipt_key != self.receipt_key:
+            # A receipt-key rotation completed (the intake promotes the key file; see server/keys.py).
+            keys = load_keys(self.config.keys_dir)
+            # An unknown key is the intake's to report; the staff app keeps checking against its own.
+            with contextlib.suppress(UnknownReceiptKey):
+                self.receipt_key = promote_receipt_key(
+                    self.config.keys_dir, keys, self._published.directory.receipt_key
+                ).receipt.verify_key
+
+    def next_receipt_key(self) -> VerifyKey | None:
+        """The receipt key waiting in a rotation, which a proposal may name instead of the current one."""
+        waiting = load_next_receipt_key(self.config.keys_dir)
+        return waiting.verify_key if waiting is not None else None
 
     async def hash_password(self, password: Password) -> str:
         # Off the event loop (libsodium releases the GIL), and bounded in number.

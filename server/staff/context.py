@@ -11,11 +11,12 @@ from dataclasses import dataclass, field
 from aiohttp import web
 from sqlalchemy.ext.asyncio import AsyncSession
 
+from safepassage.crypto.keys import SigningKey
 from safepassage.crypto.passwords import Password, TotpSecretKey, hash_password, verify_password
 
+from ..audit import append_audit
 from ..config import ServerConfig
 from ..db.engine import Store
-from ..db.models import AuditEvent
 from ..directory_store import Published, load_published
 from ..errors import ApiError
 
@@ -30,6 +31,8 @@ class Staff:
     config: ServerConfig
     store: Store
     totp_key: TotpSecretKey
+    #: The server's receipt key, which also signs audit entries (under their own purpose).
+    audit_key: SigningKey
     clock: Clock = time.time
     #: A hash of a random password, verified against when a login names no account,
     #: so an unknown username costs the same work as a known one.
@@ -69,11 +72,13 @@ class Staff:
         async with self._hash_slots:
             await asyncio.to_thread(verify_password, stored, password)
 
-    def audit(
+    async def audit(
         self, session: AsyncSession, actor: str, action: str, *, case_id: str | None = None, detail: str = ""
     ) -> None:
-        """Add an audit row to ``session``'s transaction: it commits with the change it records, or not at all."""
-        session.add(AuditEvent(day=self.today(), actor=actor, action=action, case_id=case_id, detail=detail[:200]))
+        """Append a signed audit entry in ``session``'s transaction: it commits with its change, or not at all."""
+        await append_audit(
+            session, self.audit_key, day=self.today(), actor=actor, action=action, case_id=case_id, detail=detail
+        )
 
 
 STAFF = web.AppKey("staff", Staff)

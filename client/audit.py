@@ -154,11 +154,12 @@ def check_audit_entries(
     findings: list[Finding] = []
     items: list[_Item] = []
     for obj in raw:
-        served = obj["seq"] if isinstance(obj.get("seq"), int) else 0
+        seq_value = obj.get("seq")
+        served = seq_value if isinstance(seq_value, int) else 0
         try:
             entry = AuditEntry.from_json(obj)
         except MalformedInput:
-            findings.append(Finding(FindingKind.MALFORMED, int(served), "not a well-formed audit entry"))
+            findings.append(Finding(FindingKind.MALFORMED, served, "not a well-formed audit entry"))
             continue
         items.append(_Item(entry.body.seq, entry))
 

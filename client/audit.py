@@ -153,6 +153,8 @@ def check_audit_entries(
     keys = {k.key_id: k for k in receipt_keys}
     findings: list[Finding] = []
     items: list[_Item] = []
+    #: Places taken by entries too damaged to read: reported as malformed, not also as a gap.
+    unreadable: set[int] = set()
     for obj in raw:
         seq_value = obj.get("seq")
         served = seq_value if isinstance(seq_value, int) else 0
@@ -160,6 +162,7 @@ def check_audit_entries(
             entry = AuditEntry.from_json(obj)
         except MalformedInput:
             findings.append(Finding(FindingKind.MALFORMED, served, "not a well-formed audit entry"))
+            unreadable.add(served)
             continue
         items.append(_Item(entry.body.seq, entry))
 
@@ -168,8 +171,9 @@ def check_audit_entries(
     by_place = _index(items, findings)
     _check_links(items, by_place, findings)
     last = max((it.signed or it.served for it in items), default=0)
-    served_max = max([it.served for it in items] + [0])
-    _check_gaps(by_place, last, findings)
+    served_max = max([it.served for it in items] + [*unreadable, 0])
+    last = max(last, served_max)
+    _check_gaps(by_place, unreadable, last, findings)
     _check_tail(served_max, by_place, head_seq, head_hash, last_seen, findings)
 
     findings.sort(key=lambda f: (f.seq, f.kind.value))
@@ -265,14 +269,14 @@ def _check_links(items: list[_Item], by_place: dict[int, _Item], findings: list[
             )
 
 
-def _check_gaps(by_place: dict[int, _Item], last: int, findings: list[Finding]) -> None:
+def _check_gaps(by_place: dict[int, _Item], unreadable: set[int], last: int, findings: list[Finding]) -> None:
     seq = 1
     while seq <= last:
-        if seq in by_place:
+        if seq in by_place or seq in unreadable:
             seq += 1
             continue
         end = seq
-        while end + 1 <= last and end + 1 not in by_place:
+        while end + 1 <= last and end + 1 not in by_place and end + 1 not in unreadable:
             end += 1
         what = f"entry {seq} is missing" if end == seq else f"entries {seq} to {end} are missing"
         findings.append(Finding(FindingKind.GAP, seq, what))

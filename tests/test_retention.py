@@ -14,7 +14,7 @@ import sys
 from pathlib import Path
 
 import pytest
-from sqlalchemy import func, select, update
+from sqlalchemy import func, select, text, update
 
 from safepassage.client.audit import verify_audit_log
 from safepassage.client.staff_api import SessionToken, StaffClient
@@ -360,3 +360,50 @@ def test_server_retention_needs_a_published_directory(tmp_path: Path) -> None:
     answer = _cli("server", "retention", "--data", str(data))
     assert answer.returncode == 2
     assert answer.stderr.startswith("error: No directory has been published")
+
+
+# --- SQLite: deleted bytes are gone from the files ------------------------------------------------------
+
+
+def _db_files(sd: StaffDeployment) -> list[Path]:
+    db = Path(sd.dep.config.url.removeprefix("sqlite+aiosqlite:///"))
+    return [p for p in (db, db.with_name(db.name + "-wal"), db.with_name(db.name + "-shm")) if p.exists()]
+
+
+def _found_in_files(sd: StaffDeployment, markers: list[bytes]) -> list[bytes]:
+    blobs = b"".join(p.read_bytes() for p in _db_files(sd))
+    return [m for m in markers if m in blobs]
+
+
+@pytest.mark.parametrize("database_url", ["sqlite"], indirect=True)
+async def test_sqlite_files_keep_no_trace_of_deleted_ciphertext(
+    staff: StaffDeployment, staff_calls: StaffCalls, public_calls: Calls
+) -> None:
+    await _with_policy(staff, {"retention_case_days": 30})
+    alice = await staff_calls.enrol_and_login("alice")
+    doomed, _ = await new_case(staff, public_calls, owner="alice", blob=b"\x02" * 200_000)
+    kept, _ = await new_case(staff, public_calls, owner="alice")
+    await _set_status(staff_calls, alice, doomed, "closed")
+    async with staff.dep.store.read() as session:
+        envelope = await session.scalar(select(Contact.envelope).where(Contact.id == doomed))
+        frames = (await session.scalars(select(Chunk.frame).where(Chunk.contact_id == doomed))).all()
+        kept_envelope = await session.scalar(select(Contact.envelope).where(Contact.id == kept))
+        pragma = (await session.execute(text("PRAGMA secure_delete"))).scalar()
+    assert pragma == 1
+    assert envelope is not None
+    assert kept_envelope is not None
+    assert frames
+    # Canaries: 48-byte runs of the sealed bytes (random ciphertext, so found only where stored),
+    # from the start, the middle and the end of the envelope and of every chunk frame.
+    markers = [blob[at : at + 48] for blob in (envelope, *frames) for at in (100, len(blob) // 2, len(blob) - 48)]
+    kept_marker = kept_envelope[600:648]
+    await staff.dep.store.checkpoint()
+    assert _found_in_files(staff, [*markers, kept_marker]) == [*markers, kept_marker]  # the search works
+
+    counts = await _run(staff, 31)
+    assert counts.cases == 1
+    assert counts.chunks == len(frames)
+    assert _found_in_files(staff, markers) == []
+    assert _found_in_files(staff, [kept_marker]) == [kept_marker]
+    wal = [p for p in _db_files(staff) if p.name.endswith("-wal")]
+    assert all(p.stat().st_size == 0 for p in wal)

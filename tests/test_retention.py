@@ -9,6 +9,7 @@ from __future__ import annotations
 
 import datetime as dt
 import hashlib
+import logging
 import subprocess
 import sys
 from pathlib import Path
@@ -35,7 +36,7 @@ from safepassage.server.retention import RetentionCounts, RetentionSchedule, run
 from safepassage.server.retention_policy import InvalidRetentionPolicy, RetentionPolicy, pool_key, retention_policy
 
 from .helpers import Org
-from .intake_calls import Calls
+from .intake_calls import CANARY, Calls
 from .staff_deployment import Account, StaffCalls, StaffDeployment, new_case, roster_directory
 
 EXE = str(Path(sys.executable).with_name("safepassage"))
@@ -280,7 +281,7 @@ async def test_inactive_mailboxes_go_and_active_ones_stay(
 
 
 async def test_a_bad_policy_is_refused_at_publication_and_deletes_nothing(
-    staff: StaffDeployment, staff_calls: StaffCalls, public_calls: Calls
+    staff: StaffDeployment, staff_calls: StaffCalls, public_calls: Calls, caplog: pytest.LogCaptureFixture
 ) -> None:
     from dataclasses import replace
 
@@ -296,21 +297,32 @@ async def test_a_bad_policy_is_refused_at_publication_and_deletes_nothing(
     assert "retention_mailbox_days" in refused.value.message
     # A directory that got past publication some other way (an older server) must not crash housekeeping.
     schedule = RetentionSchedule()
-    await schedule.tick(staff.dep.store, bad, staff.dep.keys.receipt, dt.datetime.now(dt.UTC).timestamp() + 86400 * 400)
+    with caplog.at_level(logging.WARNING, logger="safepassage.server.retention"):
+        for hours in (0, 2, 4):
+            await schedule.tick(
+                staff.dep.store,
+                bad,
+                staff.dep.keys.receipt,
+                dt.datetime.now(dt.UTC).timestamp() + 86400 * 400 + 3600 * hours,
+            )
     assert case_id in await _contacts(staff)
+    warnings = [r.getMessage() for r in caplog.records if r.name == "safepassage.server.retention"]
+    assert len(warnings) == 1  # once per directory version, not every hour
+    assert "retention_mailbox_days" in warnings[0]
     with pytest.raises(InvalidRetentionPolicy):
         await run_retention(staff.dep.store, bad, today=_later(400), audit_key=staff.dep.keys.receipt)
     assert case_id in await _contacts(staff)
 
 
-async def test_the_schedule_runs_at_most_hourly(
-    staff: StaffDeployment, staff_calls: StaffCalls, public_calls: Calls
+async def test_the_schedule_runs_at_most_hourly_and_logs_counts_only(
+    staff: StaffDeployment, staff_calls: StaffCalls, public_calls: Calls, caplog: pytest.LogCaptureFixture
 ) -> None:
     await _with_policy(staff, {"retention_case_days": 1})
     alice = await staff_calls.enrol_and_login("alice")
     first, _ = await new_case(staff, public_calls, owner="alice")
     second, _ = await new_case(staff, public_calls, owner="alice")
     await _set_status(staff_calls, alice, first, "closed")
+    caplog.set_level(logging.INFO, logger="safepassage.server.retention")
     schedule = RetentionSchedule()
     later = dt.datetime.now(dt.UTC).timestamp() + 3 * 86400
     await schedule.tick(staff.dep.store, staff.dep.directory, staff.dep.keys.receipt, later)
@@ -320,6 +332,15 @@ async def test_the_schedule_runs_at_most_hourly(
     assert second in await _contacts(staff)  # too soon after the last run
     await schedule.tick(staff.dep.store, staff.dep.directory, staff.dep.keys.receipt, later + 3600)
     assert second not in await _contacts(staff)
+    lines = [r.getMessage() for r in caplog.records if r.name == "safepassage.server.retention"]
+    assert lines == [
+        "retention deleted 1 cases, 1 mailboxes, 0 messages, 0 attachment chunks, 0 escalation records",
+        "retention deleted 1 cases, 1 mailboxes, 0 messages, 0 attachment chunks, 0 escalation records",
+    ]
+    logged = caplog.text
+    assert first not in logged
+    assert second not in logged
+    assert CANARY not in logged
 
 
 # --- the command ------------------------------------------------------------------------------------

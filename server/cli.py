@@ -25,7 +25,7 @@ from .db import migrate
 from .db.engine import Store, make_engine
 from .directory_store import load_published, parse_signed_head, publish
 from .keys import create_keys, load_keys
-from .retention import RetentionCounts, run_retention
+from .retention import RetentionCounts, reclaim_space, run_retention
 
 DATA = click.option(
     "--data",
@@ -140,7 +140,12 @@ class NothingPublished(SafePassageError):
 @server.command(name="retention")
 @DATA
 @click.option("--dry-run", is_flag=True, help="Count what would be deleted now, and delete nothing.")
-def retention_cmd(data_dir: Path, dry_run: bool) -> None:
+@click.option(
+    "--vacuum-full",
+    is_flag=True,
+    help="PostgreSQL: then rewrite the content tables (VACUUM FULL) so deleted bytes leave their files.",
+)
+def retention_cmd(data_dir: Path, dry_run: bool, vacuum_full: bool) -> None:
     """Apply the directory's retention policy once and print the counts (never ids or content)."""
     config = load_config(data_dir)
     keys = load_keys(config.keys_dir)
@@ -152,7 +157,12 @@ def retention_cmd(data_dir: Path, dry_run: bool) -> None:
             if published is None:
                 raise NothingPublished()
             today = dt.datetime.now(dt.UTC).date()
-            return await run_retention(store, published.directory, today=today, audit_key=keys.receipt, dry_run=dry_run)
+            counts = await run_retention(
+                store, published.directory, today=today, audit_key=keys.receipt, dry_run=dry_run
+            )
+            if vacuum_full and not dry_run:
+                await reclaim_space(store)
+            return counts
         finally:
             await store.close()
 

@@ -270,6 +270,29 @@ async def run_retention(
     return await apply_retention(store, retention_policy(directory), today=today, audit_key=audit_key, dry_run=dry_run)
 
 
+#: The tables retention deletes from, which :func:`reclaim_space` rewrites on PostgreSQL.
+CONTENT_TABLES: Final = ("contacts", "chunks", "messages", "escalations", "mailboxes", "mailbox_nonces")
+
+
+async def reclaim_space(store: Store) -> None:
+    """Make deleted bytes leave the table files (docs/operating-retention.md, step 1).
+
+    SQLite: nothing more to do (``secure_delete`` and the checkpoint already
+    did it). PostgreSQL: ``VACUUM FULL`` rewrites each table and its TOAST table
+    into new files; a plain (auto)vacuum leaves dead rows' bytes in the pages.
+    It takes an exclusive lock per table while it copies it, so it is run on
+    demand (``server retention --vacuum-full``), not from the hourly job.
+    """
+    if store.is_sqlite:
+        await store.checkpoint()
+        return
+    # VACUUM cannot run inside a transaction block.
+    async with store.engine.connect() as conn:
+        auto = await conn.execution_options(isolation_level="AUTOCOMMIT")
+        await auto.exec_driver_sql("VACUUM (FULL, ANALYZE) " + ", ".join(CONTENT_TABLES))
+        await auto.exec_driver_sql("CHECKPOINT")
+
+
 class RetentionSchedule:
     """Runs retention from the intake's housekeeping loop at most every :data:`RETENTION_SECONDS`."""
 

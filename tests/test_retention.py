@@ -10,6 +10,7 @@ from __future__ import annotations
 import datetime as dt
 import hashlib
 import logging
+import os
 import subprocess
 import sys
 from pathlib import Path
@@ -428,3 +429,58 @@ async def test_sqlite_files_keep_no_trace_of_deleted_ciphertext(
     assert _found_in_files(staff, [kept_marker]) == [kept_marker]
     wal = [p for p in _db_files(staff) if p.name.endswith("-wal")]
     assert all(p.stat().st_size == 0 for p in wal)
+
+
+# --- PostgreSQL: what it takes for deleted bytes to leave the table files ---------------------------------
+
+
+async def _pg_table_files(sd: StaffDeployment) -> list[Path]:
+    async with sd.dep.store.read() as session:
+        root = Path(str((await session.execute(text("SHOW data_directory"))).scalar()))
+        files = []
+        for table in ("contacts", "chunks"):
+            for query in (
+                "SELECT pg_relation_filepath(CAST(:t AS regclass))",
+                "SELECT pg_relation_filepath(reltoastrelid) FROM pg_class WHERE relname = :t",
+            ):
+                files.append(root / str((await session.execute(text(query), {"t": table})).scalar()))
+    return files
+
+
+@pytest.mark.parametrize("database_url", ["postgresql"], indirect=True)
+async def test_postgresql_vacuum_full_removes_deleted_bytes_from_table_files(
+    staff: StaffDeployment, staff_calls: StaffCalls, public_calls: Calls
+) -> None:
+    """docs/operating-retention.md, step 1, as the operator runs it: retention, then VACUUM FULL."""
+    await _with_policy(staff, {"retention_case_days": 30})
+    data = staff.dep.config.data_dir
+    write_config(data, org_fingerprint=staff.dep.config.org_fingerprint, database_url=staff.dep.config.database_url)
+    alice = await staff_calls.enrol_and_login("alice")
+    doomed, _ = await new_case(staff, public_calls, owner="alice", blob=b"\x03" * 200_000)
+    await _set_status(staff_calls, alice, doomed, "closed")
+    async with staff.dep.store.write() as session:
+        await session.execute(update(Contact).where(Contact.id == doomed).values(status_day=_later(-31)))
+        envelope = await session.scalar(select(Contact.envelope).where(Contact.id == doomed))
+        frames = (await session.scalars(select(Chunk.frame).where(Chunk.contact_id == doomed))).all()
+    assert envelope is not None
+    markers = [blob[at : at + 48] for blob in (envelope, *frames) for at in (100, len(blob) // 2, len(blob) - 48)]
+    async with staff.dep.store.engine.connect() as conn:
+        auto = await conn.execution_options(isolation_level="AUTOCOMMIT")
+        await auto.exec_driver_sql("CHECKPOINT")  # the pages reach the files
+    files = await _pg_table_files(staff)
+    if not all(p.is_file() and os.access(p, os.R_OK) for p in files):
+        message = "the PostgreSQL data directory is not readable from this test (a remote server?)"
+        if os.environ.get("CI") and not os.environ.get("SAFEPASSAGE_TEST_PG"):
+            pytest.fail(message)
+        pytest.skip(message)
+    before = b"".join(p.read_bytes() for p in files)
+    assert [m for m in markers if m in before] == markers  # the search works
+
+    ran = _cli("server", "retention", "--data", str(data), "--vacuum-full")
+    assert ran.returncode == 0, ran.stderr
+    assert ran.stdout.startswith("Deleted 1 cases")
+    after_files = await _pg_table_files(staff)
+    assert set(after_files).isdisjoint(files)  # rewritten into new files; the old ones are unlinked
+    assert not any(p.exists() for p in files)
+    after = b"".join(p.read_bytes() for p in after_files)
+    assert [m for m in markers if m in after] == []

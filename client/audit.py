@@ -28,16 +28,18 @@ What each kind means, in the terms of a seized or subverted server:
 from __future__ import annotations
 
 import enum
+from collections import deque
 from collections.abc import Iterable
 from dataclasses import dataclass, field, replace
 from typing import Final
 
 from safepassage.crypto.audit import GENESIS_PREV, AuditEntry
+from safepassage.crypto.directory import Directory
 from safepassage.crypto.encoding import JsonObject, b64e
 from safepassage.crypto.errors import BadSignature, MalformedInput, SafePassageError
 from safepassage.crypto.keys import KeyId, VerifyKey
 
-from .errors import ProtocolViolation, untrusted_text
+from .errors import ProtocolViolation, UsageError, untrusted_text
 from .staff_api import MAX_AUDIT_PAGE, StaffClient
 
 #: At most this many findings are listed one by one; the rest are counted.
@@ -133,6 +135,19 @@ async def fetch_audit_log(
             return entries, page.head_seq, page.head_hash
 
 
+def receipt_keys_of(directories: Iterable[Directory]) -> list[VerifyKey]:
+    """Every receipt key named by ``directories`` (verified ones, e.g. the whole transparency log), once each.
+
+    Entries name the key that signed them, so after a receipt-key rotation the
+    old entries still verify against the key of the directories of their time.
+    """
+    out: list[VerifyKey] = []
+    for directory in directories:
+        if directory.receipt_key not in out:
+            out.append(directory.receipt_key)
+    return out
+
+
 async def verify_audit_log(
     staff: StaffClient, receipt_keys: Iterable[VerifyKey], *, last_seen: AuditHeadRef | None = None
 ) -> AuditReport:
@@ -151,6 +166,9 @@ def check_audit_entries(
 ) -> AuditReport:
     """Check entries as served (in served order) against ``receipt_keys``; report every problem found."""
     keys = {k.key_id: k for k in receipt_keys}
+    if not keys:
+        # Without keys every entry would look forged: a caller's mistake, not a finding.
+        raise UsageError("give the receipt keys of the signed directories to check the audit log against")
     findings: list[Finding] = []
     items: list[_Item] = []
     #: Places taken by entries too damaged to read: reported as malformed, not also as a gap.
@@ -185,33 +203,35 @@ def check_audit_entries(
 
 
 def _place(items: list[_Item], findings: list[Finding]) -> None:
-    """Decide the place each entry was signed for: where it is, or, for a moved genuine entry, after its predecessor."""
-    by_hash: dict[bytes, _Item] = {}
+    """Decide the place each entry was signed for: where it is, or, for a moved genuine entry, after its predecessor.
+
+    Entries whose hash matches where they stand are placed first; then, from
+    every placed entry, the entries naming it as ``prev`` are tried one place
+    after it. Each entry is tried once per placed predecessor, so a log reordered
+    wholesale still takes linear time.
+    """
+    successors: dict[bytes, list[_Item]] = {}
     for it in items:
-        by_hash.setdefault(it.entry.hash, it)
+        successors.setdefault(it.entry.body.prev, []).append(it)
         if it.entry.hash_matches():
             it.signed = it.served
-    progress = True
-    while progress:
-        progress = False
-        for it in items:
-            if it.signed is not None:
-                continue
-            before = by_hash.get(it.entry.body.prev)
-            if it.entry.body.prev == GENESIS_PREV:
-                candidate = 1
-            elif before is not None and before.signed is not None:
-                candidate = before.signed + 1
-            else:
+    # (predecessor hash, the place after it) for the genesis and every entry already placed.
+    queue: deque[tuple[bytes, int]] = deque([(GENESIS_PREV, 1)])
+    queue.extend((it.entry.hash, it.signed + 1) for it in items if it.signed is not None)
+    while queue:
+        prev, candidate = queue.popleft()
+        for it in successors.get(prev, ()):
+            if it.signed is not None or candidate == it.served:
                 continue
             moved = AuditEntry(replace(it.entry.body, seq=candidate), it.entry.hash, it.entry.signature)
-            if candidate != it.served and moved.hash_matches():
-                it.entry, it.signed, progress = moved, candidate, True
+            if moved.hash_matches():
+                it.entry, it.signed = moved, candidate
                 findings.append(
                     Finding(
                         FindingKind.REORDERED, it.served, f"stored as entry {it.served} but signed as entry {candidate}"
                     )
                 )
+                queue.append((it.entry.hash, candidate + 1))
     for it in items:
         if it.signed is None:
             findings.append(
@@ -350,5 +370,6 @@ __all__ = [
     "check_audit_entries",
     "describe_audit_report",
     "fetch_audit_log",
+    "receipt_keys_of",
     "verify_audit_log",
 ]

@@ -175,3 +175,37 @@ def test_any_single_tampering_is_reported(position: int, how: str) -> None:
     report = check(raw, head=6)
     assert not report.ok
     assert report.head is None
+
+
+def test_a_wholly_reversed_log_is_placed_in_linear_time() -> None:
+    entries = chain(2000)
+    raw = wire(entries)
+    seqs = [r["seq"] for r in raw]
+    for r, seq in zip(raw, reversed(seqs), strict=True):
+        r["seq"] = seq
+    raw.sort(key=lambda r: r["seq"])
+    report = check(raw, head=2000)
+    kinds = report.kinds()
+    assert kinds == {FindingKind.REORDERED, FindingKind.REWRITTEN}
+    assert sum(f.kind is FindingKind.REORDERED for f in report.findings) == 2000
+
+
+def test_checking_needs_receipt_keys() -> None:
+    from safepassage.client.errors import UsageError
+
+    with pytest.raises(UsageError):
+        check_audit_entries(wire(chain(1)), [], head_seq=1, head_hash=bytes(32))
+
+
+def test_receipt_keys_come_from_every_directory_once() -> None:
+    from dataclasses import replace as dc_replace
+
+    from safepassage.client.audit import receipt_keys_of
+
+    from .helpers import Org
+
+    org = Org()
+    first = org.directory(1)
+    rotated = dc_replace(org.directory(2), receipt_key=KEY.verify_key)
+    keys = receipt_keys_of([first, org.directory(2), rotated])
+    assert keys == [org.receipt.verify_key, KEY.verify_key]

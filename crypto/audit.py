@@ -29,7 +29,7 @@ GENESIS_PREV: Final = bytes(HASH_LEN)
 MAX_ACTOR: Final = 64
 MAX_CASE: Final = 32
 MAX_DETAIL: Final = 200
-_ACTION = re.compile(r"[a-z][a-z_]{0,31}")
+_ACTION = re.compile(r"[a-z][a-z0-9_-]{0,31}")
 _DAY = re.compile(r"[0-9]{4}-[0-9]{2}-[0-9]{2}")
 
 

@@ -23,6 +23,7 @@ from safepassage.crypto.translog import MerkleLog, SignedTreeHead, leaf_hash
 
 from .db.engine import Store
 from .db.models import LogEntry, StaffSession, TreeHeadRecord
+from .retention_policy import InvalidRetentionPolicy, retention_policy
 from .routing import log_entries, reassign_orphaned_cases
 
 MAX_HEAD_BYTES = 64 * 1024
@@ -110,6 +111,11 @@ def check_publication(
         raise PublishRefused(exc.message) from exc
     if directory.receipt_key not in (receipt_key, next_receipt_key):
         raise PublishRefused("the directory does not name this server's receipt key (current or next)")
+    try:
+        retention_policy(directory)
+    except InvalidRetentionPolicy as exc:
+        # Refused here so the admins learn now, not from a retention job that quietly deletes nothing.
+        raise PublishRefused(exc.detail) from None
     if current is not None and head.head.timestamp < current.head.head.timestamp:
         raise PublishRefused("the tree head is older than the one being served")
     return directory, entry

@@ -184,7 +184,7 @@ async def propose(request: web.Request) -> web.Response:
             head_signatures=b"[]",
         )
         session.add(row)
-        staff.audit(session, caller.username, "propose", detail=f"directory version {directory.version}")
+        await staff.audit(session, caller.username, "propose", detail=f"directory version {directory.version}")
         result = _summary(row)
     return web.json_response(result, status=201)
 
@@ -245,7 +245,7 @@ async def add_signature(request: web.Request) -> web.Response:
             others = tuple(s for s in _sigs(row.head_signatures) if s.key_id != sig.key_id)
             row.head_signatures = _encode_sigs((*others, sig))
             stage = "head"
-        staff.audit(
+        await staff.audit(
             session,
             caller.username,
             "sign",
@@ -289,7 +289,7 @@ async def publish_proposal(request: web.Request) -> web.Response:
             f"directory version {directory.version}; removed {len(effects.removed_handlers)} handler(s),"
             f" moved {effects.moved_cases} case(s), stranded {effects.stranded_cases}"
         )
-        staff.audit(session, caller.username, "publish", detail=detail)
+        await staff.audit(session, caller.username, "publish", detail=detail)
         result: dict[str, JsonValue] = {
             "version": directory.version,
             "size": head.size,

@@ -20,6 +20,7 @@ from safepassage.client.trust import fetch_trusted_directory
 from safepassage.crypto import envelope as E
 from safepassage.crypto import labels as L
 from safepassage.crypto.directory import Directory
+from safepassage.crypto.errors import MalformedInput
 from safepassage.crypto.keys import SigningKey
 from safepassage.crypto.threshold import KeySet, Signature
 from safepassage.crypto.translog import TreeHead
@@ -298,3 +299,22 @@ async def test_receipt_key_rotation_switches_once_published(staff: StaffDeployme
             client, trusted, pool="general", language="ru", message="after rotation", fields={}, attachments=[]
         )
     assert sent.receipt.day
+
+
+@pytest.mark.parametrize("name", ["x\r\x1b[2K\x1b[8m", "bob\u202e", "a\x00b"])
+async def test_display_text_that_could_hide_a_line_is_refused(
+    staff: StaffDeployment, staff_calls: StaffCalls, name: str
+) -> None:
+    dep = staff.dep
+    admin = await _admin(staff_calls)
+    add_handlers(dep, "zz-rogue")
+    honest = roster_directory(dep, 2, {**ROSTER, "zz-rogue": ("general",)})
+    body = honest.to_json()
+    for handler in body["handlers"]:  # type: ignore[union-attr]
+        if handler["id"] == "zz-rogue":  # type: ignore[index]
+            handler["name"] = name  # type: ignore[index]
+    answer = await staff_calls.call("POST", BASE, account=admin, json={"directory": body})
+    assert answer.status == 400
+    assert answer.body["error"]["code"] == "malformed_directory"
+    with pytest.raises(MalformedInput):
+        Directory.from_json(body)

@@ -45,6 +45,8 @@ bench: setup
 	$(BIN)/python -m bench.envelope
 	$(BIN)/python -m bench.intake --store sqlite
 	$(BIN)/python -m bench.intake --store postgresql
+	$(BIN)/python -m bench.audit --store sqlite
+	$(BIN)/python -m bench.audit --store postgresql
 	$(BIN)/python -m bench.attachment
 	$(BIN)/python -m bench.scale
 

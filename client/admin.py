@@ -23,11 +23,22 @@ from pathlib import Path
 from typing import Final
 
 from safepassage.crypto import labels as L
-from safepassage.crypto.directory import Directory, Handler, verify_genesis, verify_successor
+from safepassage.crypto.directory import Directory, Handler, SignedDirectory, verify_genesis, verify_successor
+from safepassage.crypto.encoding import (
+    as_obj,
+    b64d,
+    b64e,
+    canonical_json,
+    get_int,
+    get_str,
+    parse_canonical_json,
+    require_keys,
+)
 from safepassage.crypto.errors import BelowThreshold, NoSuchEntry
 from safepassage.crypto.keys import SigningKey, VerifyKey
+from safepassage.crypto.privatefile import read_private, write_private
 from safepassage.crypto.threshold import Signature
-from safepassage.crypto.translog import MerkleLog
+from safepassage.crypto.translog import MerkleLog, leaf_hash
 from safepassage.crypto.vault import (
     DEFAULT_MEMLIMIT,
     DEFAULT_OPSLIMIT,
@@ -40,6 +51,7 @@ from safepassage.crypto.vault import (
 )
 
 from .admin_api import AdminClient, ProposalDetail, ProposalSummary, Published
+from .audit import AuditHeadRef, AuditReport, receipt_keys_of, verify_audit_log
 from .directory_changes import Changes, apply_changes, describe_changes
 from .errors import ClientError, ProtocolViolation, ServerRefused, UsageError
 from .handler import login, logout
@@ -53,6 +65,8 @@ ORG_ENTRY: Final = "org"
 ENROL_ATTEMPTS: Final = 3
 #: A frozen head may be at most this far in the future of the admin's clock.
 MAX_HEAD_SKEW: Final = 3600
+#: Log entries asked for at once when collecting every directory's receipt key.
+AUDIT_LOG_PAGE: Final = 16
 
 __all__ = ["Handler", "StaffEnrolment", "login", "logout"]
 
@@ -325,3 +339,57 @@ async def status(
 async def invite(paths: HandlerPaths, username: str, role: str, *, socks: str | None = None) -> tuple[str, int]:
     async with _admin(paths, socks) as client:
         return await client.invite(username, role)
+
+
+# --- the audit log (protocol 20) ------------------------------------------------------------------
+
+
+def _audit_state(paths: HandlerPaths) -> Path:
+    return paths.vault.with_name(paths.vault.name + ".audit")
+
+
+def _load_audit_head(paths: HandlerPaths) -> AuditHeadRef | None:
+    try:
+        data = read_private(_audit_state(paths), max_len=4096, what="the remembered audit head")
+    except FileNotFoundError:
+        return None
+    obj = as_obj(parse_canonical_json(data, max_len=4096), "audit head")
+    require_keys(obj, ("seq", "hash"), "audit head")
+    return AuditHeadRef(get_int(obj, "seq"), b64d(get_str(obj, "hash"), length=32, what="audit hash"))
+
+
+async def _all_directories(paths: HandlerPaths, trusted: TrustedDirectory, socks: str | None) -> list[Directory]:
+    """Every directory in the log, each checked against the leaf hashes this client verified."""
+    leaves = trusted.state.leaves
+    out: list[Directory] = []
+    async with IntakeClient(_profile(paths).intake, socks=socks) as client:
+        start = 0
+        while start < len(leaves):
+            end = min(len(leaves), start + AUDIT_LOG_PAGE)
+            for offset, entry in enumerate(await client.get_log_entries(start, end)):
+                if leaf_hash(entry) != leaves[start + offset]:
+                    raise ProtocolViolation("a log entry differs from the one verified before")
+                out.append(SignedDirectory.from_bytes(entry).directory)
+            start = end
+    return out
+
+
+async def audit_verify(
+    paths: HandlerPaths, org: str, *, socks: str | None = None, now: int | None = None
+) -> AuditReport:
+    """Check the whole audit log against every receipt key the signed directories ever named.
+
+    The newest entry of a log that verified is remembered beside the vault
+    (``V.audit``), so the next check also catches entries removed from the end.
+    """
+    now = _now(now)
+    trusted = await trusted_directory(paths, org, socks, now)
+    if trusted is None:
+        raise UsageError("no directory is published yet, so no receipt key to check the audit log against")
+    keys = receipt_keys_of(await _all_directories(paths, trusted, socks))
+    async with _admin(paths, socks, now) as client:
+        report = await verify_audit_log(client, keys, last_seen=_load_audit_head(paths))
+    if report.ok and report.head is not None:
+        head = canonical_json({"seq": report.head.seq, "hash": b64e(report.head.hash)})
+        write_private(_audit_state(paths), head, replace=True)
+    return report

@@ -27,8 +27,9 @@ from safepassage.crypto.errors import MalformedInput
 from safepassage.crypto.keys import HybridPublicKey, VerifyKey
 
 from . import admin as flows
+from .audit import describe_audit_report
 from .directory_changes import Changes
-from .errors import UsageError
+from .errors import UsageError, untrusted_text
 from .handler_cli import _passphrase, _password, _show_totp, _totp
 from .handler_vault import HandlerPaths, Profile, forget_session, read_enrolment_document
 from .render import describe_directory
@@ -365,8 +366,25 @@ def status_command(vault: Path, socks: str | None) -> None:
     if not proposals:
         click.echo("No open proposals.")
     for p in proposals:
-        click.echo(f"Proposal {p.proposal_id}: version {p.version}, {p.state}, by {p.proposer} on {p.day}")
+        by, day = untrusted_text(p.proposer), untrusted_text(p.day)
+        click.echo(f"Proposal {p.proposal_id}: version {p.version}, {p.state}, by {by} on {day}")
         for kid in p.signers:
             click.echo(f"  signed directory: {names.get(kid, kid)}")
         for kid in p.head_signers:
             click.echo(f"  signed head:      {names.get(kid, kid)}")
+
+
+@admin.group("audit")
+def audit_group() -> None:
+    """The server's signed, hash-chained log of staff actions."""
+
+
+@audit_group.command("verify")
+@_vault
+@_socks
+def audit_verify_command(vault: Path, socks: str | None) -> None:
+    """Check every entry's hash, link and signature; show any gap, edit or removal."""
+    paths = HandlerPaths(vault)
+    report = _run(flows.audit_verify(paths, _org(paths), socks=socks))
+    click.echo(describe_audit_report(report))
+    report.raise_for_findings()

@@ -253,6 +253,7 @@ class _Demo:
                 now=int(time.time()),
                 day=self.staff_app[STAFF].today(),
                 actor="operator",
+                audit_key=self.keys.receipt,
             )
 
             def authenticator(answer: StaffEnrolment, admin: _Admin = admin) -> str:
@@ -326,6 +327,7 @@ class _Demo:
             now=int(time.time()),
             day=self.staff_app[STAFF].today(),
             actor="operator",
+            audit_key=self.keys.receipt,
         )
         home = _private_dir(self.workdir / "handlers" / name)
         paths = HandlerPaths(home / f"{name}.vault")

@@ -17,19 +17,22 @@ import re
 from dataclasses import dataclass
 from typing import Final
 
-from safepassage.crypto.encoding import JsonObject, JsonValue
+from safepassage.crypto.encoding import MAX_SAFE_INT, JsonObject, JsonValue
 from safepassage.crypto.envelope import BUCKETS, CHUNK_LEN, MAX_RECIPIENTS, envelope_length
 from safepassage.crypto.staffmsg import IntegrationReceipt
 
 from .errors import ProtocolViolation, UsageError
 from .intake_api import UPLOAD_TIMEOUT
 from .transport import LIMIT_SMALL, Transport, expect_bytes, expect_json
-from .wire import ID
+from .wire import ID, _b64
 
 STAFF_PREFIX: Final = "/staff/v1"
 #: The largest envelope of any purpose: the biggest bucket sealed to the most recipients.
 MAX_ENVELOPE: Final = envelope_length(len(BUCKETS) - 1, MAX_RECIPIENTS)
 MAX_PAGE: Final = 200
+MAX_AUDIT_PAGE: Final = 500
+#: A full audit page: 500 entries of at most about 900 bytes each, with room to spare.
+LIMIT_AUDIT_PAGE: Final = 1024 * 1024
 CASE_STATUSES: Final = ("new", "reviewing", "replied", "escalated", "rejected", "closed")
 
 _DAY = re.compile(r"[0-9]{4}-[0-9]{2}-[0-9]{2}")
@@ -42,6 +45,28 @@ _TOKEN = re.compile(r"[!-~]{16,512}")
 _TOTP_SECRET = re.compile(r"[A-Z2-7]{16,128}=*")
 _CURSOR = re.compile(r"[!-~]{1,256}")
 _KIND = ("reply", "follow-up")
+
+
+@dataclass(frozen=True, slots=True)
+class AuditPage:
+    """GET /admin/audit: entries as the server sent them (each checked later, one by one) and its head."""
+
+    entries: tuple[JsonObject, ...]
+    head_seq: int
+    head_hash: bytes
+
+
+def audit_page(obj: JsonObject, limit: int) -> AuditPage:
+    """Only the page's shape is checked here: a malformed *entry* is evidence for the audit report, not a crash."""
+    _members(obj, "audit page", ("entries", "head"))
+    entries = []
+    for value in _list(obj, "entries", limit):
+        entry = _obj(value, "audit entry")
+        _int(entry, "seq", minimum=1)
+        entries.append(entry)
+    head = _obj(obj["head"], "audit head")
+    _members(head, "audit head", ("seq", "hash"))
+    return AuditPage(tuple(entries), _int(head, "seq"), _b64(head, "hash", 32))
 
 
 # --- secrets -----------------------------------------------------------------------------------
@@ -504,8 +529,27 @@ class StaffClient(Transport):
             json_body={"receipt": receipt.to_json()},
         )
 
+    # --- admin: the audit log --------------------------------------------------------------------
+
+    async def audit_page(self, *, after: int = 0, limit: int = MAX_AUDIT_PAGE) -> AuditPage:
+        """One page of the audit log after sequence number ``after`` (admins only); checked by client/audit.py."""
+        if not 1 <= limit <= MAX_AUDIT_PAGE or not 0 <= after <= MAX_SAFE_INT:
+            raise UsageError(f"ask for 1 to {MAX_AUDIT_PAGE} audit entries after a sequence number >= 0")
+        answer = await self.call(
+            "GET",
+            self.url("admin", "audit"),
+            expect=(200,),
+            want="json",
+            limit=LIMIT_AUDIT_PAGE,
+            params={"after": str(after), "limit": str(limit)},
+            headers=self._auth(),
+        )
+        return audit_page(expect_json(answer), limit)
+
 
 __all__ = [
+    "AuditPage",
+    "audit_page",
     "CASE_STATUSES",
     "MAX_ENVELOPE",
     "STAFF_PREFIX",

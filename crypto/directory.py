@@ -20,6 +20,7 @@ key showing up as changed.
 from __future__ import annotations
 
 import re
+import unicodedata
 from collections.abc import Iterable, Sequence
 from dataclasses import dataclass, field
 from typing import Final
@@ -391,8 +392,27 @@ def _policy_from_json(obj: JsonObject) -> dict[str, PolicyValue]:
     return out
 
 
+def _printable(value: str, what: str) -> None:
+    # Display text reaches admins' terminals in the diff they sign: an escape
+    # sequence or a bidirectional override could hide a line (protocol 7.1).
+    if any(unicodedata.category(ch)[0] == "C" for ch in value):
+        raise MalformedInput(f"{what} contains control or format characters")
+
+
+def _check_text(d: Directory) -> None:
+    _printable(d.organisation, "organisation")
+    for pool in d.pools:
+        _printable(pool.title, "pool title")
+    for handler in d.handlers:
+        _printable(handler.name, "handler name")
+    for value in d.policy.values():
+        if isinstance(value, str):
+            _printable(value, "policy value")
+
+
 def _check_consistency(d: Directory) -> None:
     """Rules no signature can make true: unique names and keys, references that resolve."""
+    _check_text(d)
     if d.version < 1:
         raise MalformedInput("directory version must be at least 1")
     pool_names = [p.name for p in d.pools]

@@ -71,3 +71,7 @@ SIG_INTEGRATION_RECEIPT: Final = b"integration-receipt"
 # --- staff credentials at rest (section 18) ---------------------------------------------------
 TOTP_MAGIC: Final = b"SPT\x01"
 TOTP_SECRET_AD: Final = b"safepassage/v1/totp-secret"
+
+# --- audit log (section 20) ---------------------------------------------------------------------
+SIG_AUDIT: Final = b"audit-entry"
+AUDIT_ENTRY_HASH: Final = b"safepassage/v1/audit-entry-hash"

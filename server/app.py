@@ -16,6 +16,7 @@ from collections.abc import AsyncIterator
 from aiohttp import web
 from sqlalchemy import delete, select
 
+from safepassage.crypto.directory import Directory
 from safepassage.crypto.envelope import CHUNK_LEN
 
 from . import intake, log_api
@@ -23,9 +24,10 @@ from .config import ServerConfig
 from .context import INTAKE, Intake
 from .db.engine import Store, make_engine
 from .db.models import Contact, Mailbox, MailboxNonce, SpentChallenge
-from .errors import error_middleware
+from .errors import ApiError, error_middleware
 from .inputs import BODY_BUDGET, BodyBudget, body_budget_middleware
 from .keys import load_keys
+from .retention import RetentionSchedule
 from .security import add_security_headers
 from .web.setup import setup_pages
 
@@ -61,7 +63,15 @@ async def housekeeping(app: Intake) -> dict[str, int]:
     }
 
 
+def _directory_or_none(app: Intake) -> Directory | None:
+    try:
+        return app.published().directory
+    except ApiError:  # nothing published yet: no policy, nothing to delete
+        return None
+
+
 async def _housekeeping_loop(app: Intake) -> None:
+    retention = RetentionSchedule()
     while True:
         await asyncio.sleep(HOUSEKEEPING_SECONDS)
         try:
@@ -71,6 +81,10 @@ async def _housekeeping_loop(app: Intake) -> None:
             await housekeeping(app)
         except Exception as exc:  # a failed round must not stop the next one
             log.error("housekeeping failed: %s", type(exc).__name__)
+        try:
+            await retention.tick(app.store, _directory_or_none(app), app.keys.receipt, time.time())
+        except Exception as exc:  # nor may a failed retention run (it is retried next hour)
+            log.error("retention failed: %s", type(exc).__name__)
 
 
 async def _directory_watch(app: Intake) -> None:

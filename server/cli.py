@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import asyncio
+import datetime as dt
 import logging
 import os
 import secrets
@@ -22,8 +23,9 @@ from .app import create_app
 from .config import ServerConfig, load_config, write_config
 from .db import migrate
 from .db.engine import Store, make_engine
-from .directory_store import parse_signed_head, publish
+from .directory_store import load_published, parse_signed_head, publish
 from .keys import create_keys, create_next_receipt_key, load_keys, load_next_receipt_key
+from .retention import RetentionCounts, reclaim_space, run_retention
 
 DATA = click.option(
     "--data",
@@ -145,3 +147,44 @@ def run(data_dir: Path, host: str | None, port: int | None) -> None:
     logging.basicConfig(level=logging.INFO, stream=sys.stderr, format="%(levelname)s %(name)s: %(message)s")
     click.echo(f"Serving on http://{config.host}:{config.port}", err=True)
     web.run_app(create_app(config), host=config.host, port=config.port, access_log=None, print=None)
+
+
+class NothingPublished(SafePassageError):
+    """No directory has been published on this server yet, so there is no retention policy."""
+
+    hint = "Publish a directory first: safepassage server publish --data DIR DIRECTORY HEAD."
+    exit_code = 2
+
+
+@server.command(name="retention")
+@DATA
+@click.option("--dry-run", is_flag=True, help="Count what would be deleted now, and delete nothing.")
+@click.option(
+    "--vacuum-full",
+    is_flag=True,
+    help="PostgreSQL: then rewrite the content tables (VACUUM FULL) so deleted bytes leave their files.",
+)
+def retention_cmd(data_dir: Path, dry_run: bool, vacuum_full: bool) -> None:
+    """Apply the directory's retention policy once and print the counts (never ids or content)."""
+    config = load_config(data_dir)
+    keys = load_keys(config.keys_dir)
+
+    async def run() -> RetentionCounts:
+        store = Store(make_engine(config.url))
+        try:
+            published = await load_published(store)
+            if published is None:
+                raise NothingPublished()
+            today = dt.datetime.now(dt.UTC).date()
+            counts = await run_retention(
+                store, published.directory, today=today, audit_key=keys.receipt, dry_run=dry_run
+            )
+            if vacuum_full and not dry_run:
+                await reclaim_space(store)
+            return counts
+        finally:
+            await store.close()
+
+    counts = asyncio.run(run())
+    verb = "Would delete" if dry_run else "Deleted"
+    click.echo(f"{verb} {counts.describe()}.")

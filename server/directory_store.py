@@ -12,7 +12,7 @@ from __future__ import annotations
 
 from dataclasses import dataclass
 
-from sqlalchemy import delete, func, select
+from sqlalchemy import delete, func, select, text, update
 from sqlalchemy.ext.asyncio import AsyncSession
 
 from safepassage.crypto.directory import Directory, SignedDirectory, verify_genesis, verify_successor
@@ -22,10 +22,13 @@ from safepassage.crypto.keys import VerifyKey
 from safepassage.crypto.translog import MerkleLog, SignedTreeHead, leaf_hash
 
 from .db.engine import Store
-from .db.models import LogEntry, StaffSession, TreeHeadRecord
+from .db.models import DirectoryProposal, LogEntry, StaffSession, TreeHeadRecord
+from .retention_policy import InvalidRetentionPolicy, retention_policy
 from .routing import log_entries, reassign_orphaned_cases
 
 MAX_HEAD_BYTES = 64 * 1024
+#: PostgreSQL advisory lock taken by everything that extends the log (any constant unique to this use).
+PUBLICATION_LOCK = 0x5AFE_D1_0001
 
 
 class PublishRefused(SafePassageError):
@@ -55,12 +58,13 @@ def parse_signed_head(data: bytes) -> SignedTreeHead:
 
 
 async def load_in(session: AsyncSession, *, for_update: bool = False) -> Published | None:
-    query = select(LogEntry).order_by(LogEntry.index)
-    if for_update:
-        # Two publications must not both extend the same log (PostgreSQL; SQLite
-        # writes are serialised by the store's lock).
-        query = query.with_for_update()
-    entries = (await session.scalars(query)).all()
+    if for_update and session.get_bind().dialect.name == "postgresql":
+        # Two publications (or a publication and a proposal freezing its head)
+        # must not both work from the same log: a row lock cannot do it (an empty
+        # log has no row; inserts are not blocked), a transaction lock can.
+        # SQLite writes are serialised by the store's lock.
+        await session.execute(text("SELECT pg_advisory_xact_lock(:key)"), {"key": PUBLICATION_LOCK})
+    entries = (await session.scalars(select(LogEntry).order_by(LogEntry.index))).all()
     head_row = await session.scalar(select(TreeHeadRecord).order_by(TreeHeadRecord.size.desc()).limit(1))
     if not entries or head_row is None:
         return None
@@ -110,6 +114,11 @@ def check_publication(
         raise PublishRefused(exc.message) from exc
     if directory.receipt_key not in (receipt_key, next_receipt_key):
         raise PublishRefused("the directory does not name this server's receipt key (current or next)")
+    try:
+        retention_policy(directory)
+    except InvalidRetentionPolicy as exc:
+        # Refused here so the admins learn now, not from a retention job that quietly deletes nothing.
+        raise PublishRefused(exc.detail) from None
     if current is not None and head.head.timestamp < current.head.head.timestamp:
         raise PublishRefused("the tree head is older than the one being served")
     return directory, entry
@@ -161,6 +170,13 @@ async def publish_in(
         result = await session.execute(delete(StaffSession).where(StaffSession.username.in_(removed)))
         ended = result.rowcount  # type: ignore[attr-defined]
     moved = await reassign_orphaned_cases(session, directory, await log_entries(session))
+    # Every proposal built on an older version can never be published now.
+    await session.execute(
+        update(DirectoryProposal)
+        .where(DirectoryProposal.state.in_(("signing", "head")), DirectoryProposal.base_version < directory.version)
+        .values(state="stale")
+        .execution_options(synchronize_session=False)
+    )
     return Effects(removed, ended, moved.moved, moved.stranded)
 
 

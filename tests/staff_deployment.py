@@ -79,6 +79,7 @@ class StaffDeployment:
             now=int(self.clock()),
             day=self.state.today(),
             actor="operator",
+            audit_key=self.dep.keys.receipt,
         )
         return code
 

@@ -17,6 +17,7 @@ from pathlib import Path
 import aiohttp
 import pyotp
 import pytest
+from sqlalchemy import select, update
 
 from safepassage.client import admin as flows
 from safepassage.client.cli import main
@@ -26,6 +27,7 @@ from safepassage.crypto.encoding import canonical_json
 from safepassage.crypto.keys import SigningKey
 from safepassage.crypto.privatefile import write_private
 from safepassage.crypto.vault import MIN_MEMLIMIT, MIN_OPSLIMIT, Passphrase, VaultContents, create_vault
+from safepassage.server.db.models import AuditLogEntry
 
 from .deployment import now_ts
 from .helpers import signing_key
@@ -157,6 +159,22 @@ async def test_propose_sign_publish_and_status_from_the_command_line(
     assert code == 0, err
     assert "dave (dave), pools: general" in out
     assert "No open proposals." in out
+
+    # The audit log names the ceremony, and verifies; an edited entry is caught and named.
+    code, out, err = await cli("admin", "audit", "verify", "--vault", ada)
+    assert code == 0, err
+    assert "Audit log verified" in out
+    async with dep.store.read() as session:
+        actions = [r.action for r in (await session.execute(select(AuditLogEntry))).scalars()]
+    assert {"propose", "sign", "publish"} <= set(actions)
+    async with dep.store.write() as session:
+        await session.execute(
+            update(AuditLogEntry).where(AuditLogEntry.action == "publish").values(detail="nothing happened")
+        )
+    code, out, err = await cli("admin", "audit", "verify", "--vault", ada)
+    assert code == 3
+    assert "DOES NOT VERIFY" in out
+    assert err.startswith("error:")
 
 
 async def test_hostile_and_mistaken_admin_commands_get_one_line(

@@ -20,6 +20,7 @@ from safepassage.client.trust import fetch_trusted_directory
 from safepassage.crypto import envelope as E
 from safepassage.crypto import labels as L
 from safepassage.crypto.directory import Directory
+from safepassage.crypto.errors import MalformedInput
 from safepassage.crypto.keys import SigningKey
 from safepassage.crypto.threshold import KeySet, Signature
 from safepassage.crypto.translog import TreeHead
@@ -201,6 +202,27 @@ async def test_a_proposal_overtaken_by_another_is_stale(staff: StaffDeployment, 
     await _ceremony(staff_calls, admin, first, dep.org.admins[:2])
     body = await _sign(staff_calls, admin, late, _dir_sig(dep.org.admins[0], second), 409)
     assert body["error"]["code"] == "stale_proposal"
+    # Marked stale by the publication itself (not left open to fill the slots).
+    listed = await staff_calls.call("GET", BASE, account=admin)
+    assert listed.body["proposals"] == []
+    detail = await staff_calls.call("GET", f"{BASE}/{late}", account=admin)
+    assert detail.body["state"] == "stale"
+
+
+async def test_one_admin_cannot_fill_every_proposal_slot(staff: StaffDeployment, staff_calls: StaffCalls) -> None:
+    dep = staff.dep
+    planted = await _admin(staff_calls)
+    other = await staff_calls.enrol_and_login("second-admin", "admin")
+    directory = roster_directory(dep, 2, ROSTER)
+    for _ in range(4):
+        await _propose(staff_calls, planted, directory)
+    answer = await staff_calls.call("POST", BASE, account=planted, json={"directory": directory.to_json()})
+    assert answer.status == 429
+    assert answer.body["error"]["code"] == "too_many_proposals"
+    # Another admin can still propose, and a publication frees every slot of the old version.
+    await _ceremony(staff_calls, other, directory, dep.org.admins[:2])
+    assert (await staff_calls.call("GET", BASE, account=planted)).body["proposals"] == []
+    await _propose(staff_calls, planted, roster_directory(dep, 3, ROSTER))
 
 
 async def test_admin_set_change_needs_old_and_new_and_a_removed_admin_no_longer_counts(
@@ -298,3 +320,22 @@ async def test_receipt_key_rotation_switches_once_published(staff: StaffDeployme
             client, trusted, pool="general", language="ru", message="after rotation", fields={}, attachments=[]
         )
     assert sent.receipt.day
+
+
+@pytest.mark.parametrize("name", ["x\r\x1b[2K\x1b[8m", "bob\u202e", "a\x00b"])
+async def test_display_text_that_could_hide_a_line_is_refused(
+    staff: StaffDeployment, staff_calls: StaffCalls, name: str
+) -> None:
+    dep = staff.dep
+    admin = await _admin(staff_calls)
+    add_handlers(dep, "zz-rogue")
+    honest = roster_directory(dep, 2, {**ROSTER, "zz-rogue": ("general",)})
+    body = honest.to_json()
+    for handler in body["handlers"]:  # type: ignore[union-attr]
+        if handler["id"] == "zz-rogue":  # type: ignore[index]
+            handler["name"] = name  # type: ignore[index]
+    answer = await staff_calls.call("POST", BASE, account=admin, json={"directory": body})
+    assert answer.status == 400
+    assert answer.body["error"]["code"] == "malformed_directory"
+    with pytest.raises(MalformedInput):
+        Directory.from_json(body)

@@ -11,7 +11,7 @@ from pathlib import Path
 import pytest
 from sqlalchemy import select
 
-from safepassage.server.db.models import AuditEvent, StaffInvitation, StaffSession, StaffUser
+from safepassage.server.db.models import AuditLogEntry, StaffInvitation, StaffSession, StaffUser
 from safepassage.server.staff import app as staff_app
 from safepassage.server.staff.accounts import INVITATION_HOURS, LOCK_MAX, MAX_FAILED, lock_seconds
 from safepassage.server.staff.app import housekeeping
@@ -22,8 +22,8 @@ from .staff_deployment import PASSWORD, Account, StaffCalls, StaffDeployment
 
 async def audit(sd: StaffDeployment) -> list[tuple[str, str, str | None, str]]:
     async with sd.dep.store.read() as session:
-        rows = (await session.scalars(select(AuditEvent).order_by(AuditEvent.id))).all()
-    return [(r.actor, r.action, r.case_id, r.detail) for r in rows]
+        rows = (await session.scalars(select(AuditLogEntry).order_by(AuditLogEntry.seq))).all()
+    return [(r.actor, r.action, r.case_id or None, r.detail) for r in rows]
 
 
 async def user(sd: StaffDeployment, name: str) -> StaffUser:

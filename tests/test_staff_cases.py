@@ -13,7 +13,7 @@ from safepassage.crypto import envelope as E
 from safepassage.crypto.encoding import b64d, b64e
 from safepassage.crypto.intake import Contact, FollowUp, sign_mailbox_auth, sign_submission
 from safepassage.crypto.staffmsg import IntegrationReceipt, Reply
-from safepassage.server.db.models import AuditEvent, EscalationRecord
+from safepassage.server.db.models import AuditLogEntry, EscalationRecord
 from safepassage.server.db.models import Contact as ContactRow
 
 from .deployment import now_ts
@@ -283,7 +283,9 @@ async def test_every_case_change_is_audited_without_content(
     await staff_calls.call("POST", base + "/handover", account=alice, json={"handler": "bob"})
     async with staff.dep.store.read() as session:
         rows = (
-            await session.scalars(select(AuditEvent).where(AuditEvent.case_id == case_id).order_by(AuditEvent.id))
+            await session.scalars(
+                select(AuditLogEntry).where(AuditLogEntry.case_id == case_id).order_by(AuditLogEntry.seq)
+            )
         ).all()
     assert [(r.actor, r.action, r.detail) for r in rows] == [
         ("alice", "status", "reviewing"),

@@ -15,6 +15,7 @@ from safepassage.crypto import errors
 from safepassage.crypto import pow as W
 from safepassage.crypto import translog as T
 from safepassage.crypto import vault as V
+from safepassage.crypto.audit import AuditEntry
 from safepassage.crypto.codename import derive_applicant_keys, parse_codename
 from safepassage.crypto.directory import SignedDirectory, verify_chain
 from safepassage.crypto.encoding import b64d, b64e
@@ -111,6 +112,14 @@ def _pow_case(case: dict[str, Any]) -> None:
     W.verify_solution(key, case["challenge"], case["counter"], now=case["now"])
 
 
+def _audit_case(case: dict[str, Any]) -> None:
+    entry = AuditEntry.from_json(case["entry"])
+    assert b64e(entry.body.signed_bytes()) == case["signed"]
+    assert entry.body.entry_hash().hex() == case["body_hash"]
+    entry.verify(VerifyKey(b64d(case["key"])))
+    assert entry.hash_matches()
+
+
 RUNNERS: dict[str, Callable[[dict[str, Any]], None]] = {
     "keys": _keys_case,
     "codename": _codename_case,
@@ -120,6 +129,7 @@ RUNNERS: dict[str, Callable[[dict[str, Any]], None]] = {
     "receipt": _receipt_case,
     "translog": _translog_case,
     "pow": _pow_case,
+    "audit": _audit_case,
 }
 
 

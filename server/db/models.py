@@ -10,6 +10,7 @@ to the hour where they touch a contact and deleted when they are spent.
 from __future__ import annotations
 
 import datetime as dt
+from typing import Any
 
 from sqlalchemy import (
     BigInteger,
@@ -50,6 +51,11 @@ class Mailbox(Base):
     created_day: Mapped[dt.date] = mapped_column(Date)
 
 
+def _arrival_day(context: Any) -> Any:
+    # A new contact's status dates from its arrival, whoever inserts it.
+    return context.get_current_parameters()["day"]
+
+
 class Contact(Base):
     """A sealed first contact and its routing metadata."""
 
@@ -65,6 +71,8 @@ class Contact(Base):
     state: Mapped[str] = mapped_column(String(16))
     #: Case status for handlers: new, reviewing, replied, escalated, rejected, closed.
     status: Mapped[str] = mapped_column(String(16), default="new")
+    #: UTC day of the last status change (the arrival day until then); retention counts from it.
+    status_day: Mapped[dt.date] = mapped_column(Date, default=_arrival_day)
     attachments: Mapped[int] = mapped_column(SmallInteger)
     server_sealed: Mapped[bool] = mapped_column(Boolean, default=False)
     envelope: Mapped[bytes] = mapped_column(LargeBinary)
@@ -199,17 +207,37 @@ class StaffInvitation(Base):
     used: Mapped[bool] = mapped_column(Boolean)
 
 
-class AuditEvent(Base):
-    """Who did what to which case, on which day. Never content, never secrets."""
+class AuditLogEntry(Base):
+    """One entry of the hash-chained, signed audit log (docs/protocol.md, section 20).
 
-    __tablename__ = "audit_events"
+    Who did what to which case, on which day. Never content, never secrets.
+    Rows are only ever appended; retention never touches them.
+    """
 
-    id: Mapped[int] = mapped_column(Integer, primary_key=True, autoincrement=True)
+    __tablename__ = "audit_log"
+
+    seq: Mapped[int] = mapped_column(BigInteger, primary_key=True, autoincrement=False)
+    prev_hash: Mapped[bytes] = mapped_column(LargeBinary(32))
+    entry_hash: Mapped[bytes] = mapped_column(LargeBinary(32))
     day: Mapped[dt.date] = mapped_column(Date)
     actor: Mapped[str] = mapped_column(String(64))
     action: Mapped[str] = mapped_column(String(32))
-    case_id: Mapped[str | None] = mapped_column(String(32), nullable=True)
+    #: The case concerned, or "" for none (the signed body has no null).
+    case_id: Mapped[str] = mapped_column(String(32))
     detail: Mapped[str] = mapped_column(String(200))
+    #: Key id (hex) of the receipt key that signed the entry, so rotation keeps old entries checkable.
+    key_id: Mapped[str] = mapped_column(String(64))
+    signature: Mapped[bytes] = mapped_column(LargeBinary(64))
+
+
+class AuditHead(Base):
+    """The newest audit entry's number and hash: one row, locked by every append to serialise them."""
+
+    __tablename__ = "audit_head"
+
+    id: Mapped[int] = mapped_column(SmallInteger, primary_key=True, autoincrement=False)
+    seq: Mapped[int] = mapped_column(BigInteger)
+    entry_hash: Mapped[bytes] = mapped_column(LargeBinary(32))
 
 
 class EscalationRecord(Base):

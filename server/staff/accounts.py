@@ -20,10 +20,12 @@ from sqlalchemy import delete, update
 
 from safepassage.crypto.encoding import JsonObject
 from safepassage.crypto.errors import MalformedInput, SafePassageError
+from safepassage.crypto.keys import SigningKey
 from safepassage.crypto.passwords import Password, WeakPassword, WrongPassword, check_staff_password
 
+from ..audit import append_audit
 from ..db.engine import Store
-from ..db.models import AuditEvent, StaffInvitation, StaffSession, StaffUser
+from ..db.models import StaffInvitation, StaffSession, StaffUser
 from ..errors import ApiError, from_crypto
 from .auth import authenticate, new_token, secret_hash, unauthorized
 from .body import USERNAME, read_json, string
@@ -57,7 +59,7 @@ def lock_seconds(failures: int) -> int:
 
 
 async def create_invitation(
-    store: Store, *, username: str, role: str, now: int, day: dt.date, actor: str
+    store: Store, *, username: str, role: str, now: int, day: dt.date, actor: str, audit_key: SigningKey
 ) -> tuple[str, int]:
     """A one-time invitation for ``username``; returns ``(code, expires)``. Earlier unused ones lapse."""
     code, code_hash = new_token()
@@ -70,7 +72,7 @@ async def create_invitation(
             delete(StaffInvitation).where(StaffInvitation.username == username, StaffInvitation.used.is_(False))
         )
         session.add(StaffInvitation(code_hash=code_hash, username=username, role=role, expires=expires, used=False))
-        session.add(AuditEvent(day=day, actor=actor, action="invite", case_id=None, detail=f"{username} as {role}"))
+        await append_audit(session, audit_key, day=day, actor=actor, action="invite", detail=f"{username} as {role}")
     return code, expires
 
 
@@ -136,7 +138,7 @@ async def enroll(request: web.Request) -> web.Response:
         user.locked_until = 0
         user.state = "pending"
         user.created_day = staff.today()
-        staff.audit(session, username, "enroll", detail=current.role)
+        await staff.audit(session, username, "enroll", detail=current.role)
     return web.json_response(
         {
             "username": username,
@@ -187,7 +189,7 @@ async def confirm_enrolment(request: web.Request) -> web.Response:
         )
         if used.rowcount != 1 or activated.rowcount != 1:  # type: ignore[attr-defined]
             raise _invitation_invalid()
-        staff.audit(session, user.username, "enroll_confirmed")
+        await staff.audit(session, user.username, "enroll_confirmed")
     return web.json_response({"username": user.username})
 
 
@@ -232,17 +234,17 @@ async def _record_failure(staff: Staff, user: StaffUser | None, now: int) -> Non
         row = await session.get(StaffUser, user.username, with_for_update=True) if user is not None else None
         if row is None:
             # Never the name typed: it may be a password typed in the wrong field.
-            staff.audit(session, UNKNOWN_ACTOR, "login_failed", detail="no such account")
+            await staff.audit(session, UNKNOWN_ACTOR, "login_failed", detail="no such account")
             return
         if row.locked_until > now:
             # Attempts during a lock neither count nor extend it.
-            staff.audit(session, row.username, "login_failed", detail="while locked")
+            await staff.audit(session, row.username, "login_failed", detail="while locked")
             return
         row.failed_logins += 1
         lock = lock_seconds(row.failed_logins)
         if lock:
             row.locked_until = now + lock
-        staff.audit(session, row.username, "login_failed", detail=f"locked {lock} s" if lock else "")
+        await staff.audit(session, row.username, "login_failed", detail=f"locked {lock} s" if lock else "")
 
 
 @routes.post(PREFIX + "/login", name="staff_login")
@@ -283,7 +285,7 @@ async def login(request: web.Request) -> web.Response:
                 token_hash=token_hash, username=user.username, created=now, last_seen=now, absolute_expires=absolute
             )
         )
-        staff.audit(session, user.username, "login")
+        await staff.audit(session, user.username, "login")
     return web.json_response(
         {
             "token": token,
@@ -301,7 +303,7 @@ async def logout(request: web.Request) -> web.Response:
     caller = await authenticate(request)
     async with staff.store.write() as session:
         await session.execute(delete(StaffSession).where(StaffSession.token_hash == caller.token_hash))
-        staff.audit(session, caller.username, "logout")
+        await staff.audit(session, caller.username, "logout")
     return web.Response(status=204)
 
 
@@ -345,5 +347,5 @@ async def change_password(request: web.Request) -> web.Response:
         if changed.rowcount != 1:  # type: ignore[attr-defined]
             raise refused
         await session.execute(delete(StaffSession).where(StaffSession.username == user.username))
-        staff.audit(session, user.username, "password_change")
+        await staff.audit(session, user.username, "password_change")
     return web.Response(status=204)

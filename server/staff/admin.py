@@ -41,7 +41,13 @@ async def invite(request: web.Request) -> web.Response:
     staff = staff_of(request)
     try:
         code, expires = await create_invitation(
-            staff.store, username=name, role=kind, now=staff.now(), day=staff.today(), actor=caller.username
+            staff.store,
+            username=name,
+            role=kind,
+            now=staff.now(),
+            day=staff.today(),
+            actor=caller.username,
+            audit_key=staff.audit_key,
         )
     except UsernameTaken as exc:
         raise ApiError(409, "username_taken", exc.message) from None
@@ -59,7 +65,7 @@ async def revoke(request: web.Request) -> web.Response:
             raise ApiError(404, "not_found", "No such account.")
         if user.state != "revoked":
             await session.execute(update(StaffUser).where(StaffUser.username == name).values(state="revoked"))
-            staff.audit(session, caller.username, "revoke", detail=name)
+            await staff.audit(session, caller.username, "revoke", detail=name)
         # Whatever its state was, nothing of the account may remain usable.
         await session.execute(delete(StaffSession).where(StaffSession.username == name))
         await session.execute(

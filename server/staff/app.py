@@ -27,7 +27,7 @@ from ..db.models import StaffInvitation, StaffSession
 from ..errors import error_middleware
 from ..keys import load_keys
 from ..security import add_security_headers
-from . import accounts, admin, cases, proposals
+from . import accounts, admin, audit_api, cases, proposals
 from .context import STAFF, Clock, Staff
 
 log = logging.getLogger("safepassage.server.staff")
@@ -81,17 +81,17 @@ def create_staff_app(config: ServerConfig, *, store: Store | None = None, clock:
     app.add_routes(cases.routes)
     app.add_routes(admin.routes)
     app.add_routes(proposals.routes)
+    app.add_routes(audit_api.routes)
     # Fail at construction, with a clear error, rather than on the first request.
     keys = load_keys(config.keys_dir)
     totp_key = keys.require_totp()
-    receipt_key = keys.receipt.verify_key
 
     async def resources(app: web.Application) -> AsyncIterator[None]:
         own_store = store is None
         active = store or Store(make_engine(config.url))
         # Verified against when a login names no account: a random password nobody knows.
         dummy = check_staff_password(secrets.token_urlsafe(24))
-        state = Staff(config=config, store=active, totp_key=totp_key, receipt_key=receipt_key, clock=clock)
+        state = Staff(config=config, store=active, totp_key=totp_key, audit_key=keys.receipt, clock=clock)
         state.dummy_hash = await state.hash_password(dummy)
         await state.refresh()
         app[STAFF] = state

@@ -241,10 +241,12 @@ async def set_status(request: web.Request) -> web.Response:
         raise bad_request("'status' must be one of " + ", ".join(STATUSES) + ".")
     staff = staff_of(request)
     async with staff.store.write() as session:
-        changed = await session.execute(update(Contact).where(_owned(case_id, caller)).values(status=status))
+        changed = await session.execute(
+            update(Contact).where(_owned(case_id, caller)).values(status=status, status_day=staff.today())
+        )
         if changed.rowcount != 1:  # type: ignore[attr-defined]
             raise _not_found()
-        staff.audit(session, caller.username, "status", case_id=case_id, detail=status)
+        await staff.audit(session, caller.username, "status", case_id=case_id, detail=status)
         case = await _case(session, case_id, caller)
     return web.json_response(case)
 
@@ -297,8 +299,10 @@ async def post_reply(request: web.Request) -> web.Response:
             )
         )
         if status in REPLY_MOVES:
-            await session.execute(update(Contact).where(_owned(case_id, caller)).values(status="replied"))
-        staff.audit(session, caller.username, "reply", case_id=case_id, detail=f"message {message_id}")
+            await session.execute(
+                update(Contact).where(_owned(case_id, caller)).values(status="replied", status_day=staff.today())
+            )
+        await staff.audit(session, caller.username, "reply", case_id=case_id, detail=f"message {message_id}")
         await _flush_or_conflict(session)
     return web.json_response({"message": message_id, "seq": seq}, status=201)
 
@@ -338,7 +342,7 @@ async def handover(request: web.Request) -> web.Response:
         changed = await session.execute(update(Contact).where(_owned(case_id, caller)).values(owner=target))
         if changed.rowcount != 1:  # type: ignore[attr-defined]
             raise _not_found()
-        staff.audit(session, caller.username, "handover", case_id=case_id, detail=f"to {target}")
+        await staff.audit(session, caller.username, "handover", case_id=case_id, detail=f"to {target}")
     return web.json_response({"id": case_id, "handler": target})
 
 
@@ -366,7 +370,9 @@ async def record_escalation(request: web.Request) -> web.Response:
     async with staff.store.write() as session:
         if await session.get(EscalationRecord, receipt.package_id) is not None:
             raise ApiError(409, "already_recorded", "This package is already recorded.")
-        changed = await session.execute(update(Contact).where(_owned(case_id, caller)).values(status="escalated"))
+        changed = await session.execute(
+            update(Contact).where(_owned(case_id, caller)).values(status="escalated", status_day=today)
+        )
         if changed.rowcount != 1:  # type: ignore[attr-defined]
             raise _not_found()
         session.add(
@@ -378,6 +384,8 @@ async def record_escalation(request: web.Request) -> web.Response:
                 receipt=canonical_json(receipt.to_json()),
             )
         )
-        staff.audit(session, caller.username, "escalation", case_id=case_id, detail=f"package {receipt.package_id}")
+        await staff.audit(
+            session, caller.username, "escalation", case_id=case_id, detail=f"package {receipt.package_id}"
+        )
         await _flush_or_conflict(session)
     return web.json_response({"package": receipt.package_id, "day": today.isoformat()}, status=201)

@@ -72,7 +72,7 @@ def init(data_dir: Path) -> None:
 async def _require_schema(store: Store) -> None:
     async with store.engine.connect() as conn:
         tables: list[str] = await conn.run_sync(lambda c: inspect(c).get_table_names())
-    if "staff_users" not in tables:
+    if "staff_users" not in tables or "audit_log" not in tables:
         raise SchemaOutdated()
 
 
@@ -88,7 +88,8 @@ def invite(data_dir: Path, username: str, role: str) -> None:
         raise BadStaffInput("the role must be 'handler' or 'admin'")
     config = load_config(data_dir)
     # A server folder with its staff key, before the database is touched.
-    load_keys(config.keys_dir).require_totp()
+    keys = load_keys(config.keys_dir)
+    keys.require_totp()
 
     async def run() -> tuple[str, int]:
         store = Store(make_engine(config.url))
@@ -96,7 +97,13 @@ def invite(data_dir: Path, username: str, role: str) -> None:
             await _require_schema(store)
             now = dt.datetime.now(dt.UTC)
             return await create_invitation(
-                store, username=username, role=role, now=int(now.timestamp()), day=now.date(), actor="operator"
+                store,
+                username=username,
+                role=role,
+                now=int(now.timestamp()),
+                day=now.date(),
+                actor="operator",
+                audit_key=keys.receipt,
             )
         finally:
             await store.close()

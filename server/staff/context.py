@@ -12,12 +12,12 @@ from dataclasses import dataclass, field
 from aiohttp import web
 from sqlalchemy.ext.asyncio import AsyncSession
 
-from safepassage.crypto.keys import VerifyKey
+from safepassage.crypto.keys import SigningKey, VerifyKey
 from safepassage.crypto.passwords import Password, TotpSecretKey, hash_password, verify_password
 
+from ..audit import append_audit
 from ..config import ServerConfig
 from ..db.engine import Store
-from ..db.models import AuditEvent
 from ..directory_store import Published, load_published
 from ..errors import ApiError
 from ..keys import UnknownReceiptKey, load_keys, load_next_receipt_key, promote_receipt_key
@@ -33,8 +33,8 @@ class Staff:
     config: ServerConfig
     store: Store
     totp_key: TotpSecretKey
-    #: The public half of this server's receipt key: a directory must name it to be published.
-    receipt_key: VerifyKey
+    #: The server's receipt key, which also signs audit entries (under their own purpose).
+    audit_key: SigningKey
     clock: Clock = time.time
     #: A hash of a random password, verified against when a login names no account,
     #: so an unknown username costs the same work as a known one.
@@ -69,9 +69,14 @@ class Staff:
             keys = load_keys(self.config.keys_dir)
             # An unknown key is the intake's to report; the staff app keeps checking against its own.
             with contextlib.suppress(UnknownReceiptKey):
-                self.receipt_key = promote_receipt_key(
+                self.audit_key = promote_receipt_key(
                     self.config.keys_dir, keys, self._published.directory.receipt_key
-                ).receipt.verify_key
+                ).receipt
+
+    @property
+    def receipt_key(self) -> VerifyKey:
+        """The public half of the receipt key: a directory must name it (or the next one) to be published."""
+        return self.audit_key.verify_key
 
     def next_receipt_key(self) -> VerifyKey | None:
         """The receipt key waiting in a rotation, which a proposal may name instead of the current one."""
@@ -87,11 +92,13 @@ class Staff:
         async with self._hash_slots:
             await asyncio.to_thread(verify_password, stored, password)
 
-    def audit(
+    async def audit(
         self, session: AsyncSession, actor: str, action: str, *, case_id: str | None = None, detail: str = ""
     ) -> None:
-        """Add an audit row to ``session``'s transaction: it commits with the change it records, or not at all."""
-        session.add(AuditEvent(day=self.today(), actor=actor, action=action, case_id=case_id, detail=detail[:200]))
+        """Append a signed audit entry in ``session``'s transaction: it commits with its change, or not at all."""
+        await append_audit(
+            session, self.audit_key, day=self.today(), actor=actor, action=action, case_id=case_id, detail=detail
+        )
 
 
 STAFF = web.AppKey("staff", Staff)

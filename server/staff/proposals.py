@@ -17,6 +17,7 @@ from typing import Final
 
 from aiohttp import web
 from sqlalchemy import func, select
+from sqlalchemy.exc import IntegrityError
 from sqlalchemy.ext.asyncio import AsyncSession
 
 from safepassage.crypto import labels as L
@@ -41,6 +42,8 @@ routes = web.RouteTableDef()
 MAX_PROPOSAL_BODY: Final = 4 * 1024 * 1024 + 4096
 #: Proposals being signed at once; more is a mistake or an attack on storage.
 MAX_OPEN_PROPOSALS: Final = 16
+#: ... and by one admin account (a planted admin must not fill every slot).
+MAX_OPEN_PER_ADMIN: Final = 4
 OPEN_STATES: Final = ("signing", "head")
 
 
@@ -93,11 +96,12 @@ async def _load_open(session: AsyncSession, proposal_id: str) -> tuple[Directory
     row = await session.get(DirectoryProposal, proposal_id, with_for_update=True)
     if row is None:
         raise _not_found()
+    if row.state == "stale":
+        raise ApiError(409, "stale_proposal", "Another directory version was published first; propose again.")
     if row.state not in OPEN_STATES:
         raise ApiError(409, "proposal_closed", f"This proposal is {row.state}.")
     if row.base_version != _current_version(current):
-        row.state = "stale"
-        await session.flush()
+        # Publication marks overtaken proposals stale in its own transaction (directory_store).
         raise ApiError(409, "stale_proposal", "Another directory version was published first; propose again.")
     return row, current
 
@@ -166,10 +170,16 @@ async def propose(request: web.Request) -> web.Response:
             raise ApiError(
                 422, "untrusted_root", "The first directory's admins must match the organisation fingerprint."
             )
-        open_count = await session.scalar(
-            select(func.count()).select_from(DirectoryProposal).where(DirectoryProposal.state.in_(OPEN_STATES))
+        pending = (
+            select(func.count())
+            .select_from(DirectoryProposal)
+            .where(DirectoryProposal.state.in_(OPEN_STATES), DirectoryProposal.base_version == base)
         )
-        if (open_count or 0) >= MAX_OPEN_PROPOSALS:
+        mine = await session.scalar(pending.where(DirectoryProposal.proposer == caller.username))
+        if (mine or 0) >= MAX_OPEN_PER_ADMIN:
+            message = f"You have {MAX_OPEN_PER_ADMIN} proposals open for this version already."
+            raise ApiError(429, "too_many_proposals", message)
+        if (await session.scalar(pending) or 0) >= MAX_OPEN_PROPOSALS:
             raise ApiError(
                 429, "too_many_proposals", "Too many proposals are open; publish or let them go stale first."
             )
@@ -184,7 +194,7 @@ async def propose(request: web.Request) -> web.Response:
             head_signatures=b"[]",
         )
         session.add(row)
-        staff.audit(session, caller.username, "propose", detail=f"directory version {directory.version}")
+        await staff.audit(session, caller.username, "propose", detail=f"directory version {directory.version}")
         result = _summary(row)
     return web.json_response(result, status=201)
 
@@ -245,7 +255,7 @@ async def add_signature(request: web.Request) -> web.Response:
             others = tuple(s for s in _sigs(row.head_signatures) if s.key_id != sig.key_id)
             row.head_signatures = _encode_sigs((*others, sig))
             stage = "head"
-        staff.audit(
+        await staff.audit(
             session,
             caller.username,
             "sign",
@@ -284,12 +294,15 @@ async def publish_proposal(request: web.Request) -> web.Response:
             )
         except PublishRefused as exc:
             raise ApiError(409, "publish_refused", exc.message) from None
+        except IntegrityError:
+            # Another publication of this version won the race (the log index is a primary key).
+            raise ApiError(409, "stale_proposal", "Another directory version was published first.") from None
         row.state = "published"
         detail = (
             f"directory version {directory.version}; removed {len(effects.removed_handlers)} handler(s),"
             f" moved {effects.moved_cases} case(s), stranded {effects.stranded_cases}"
         )
-        staff.audit(session, caller.username, "publish", detail=detail)
+        await staff.audit(session, caller.username, "publish", detail=detail)
         result: dict[str, JsonValue] = {
             "version": directory.version,
             "size": head.size,

@@ -10,6 +10,7 @@ fixed keys. Never edit the output by hand: change this file and regenerate.
 
 from __future__ import annotations
 
+import dataclasses
 import hashlib
 import io
 import json
@@ -20,11 +21,14 @@ from pathlib import Path
 from typing import Any
 
 from safepassage.crypto import envelope as E
+from safepassage.crypto import labels as L
 from safepassage.crypto import pow as W
 from safepassage.crypto import translog as T
 from safepassage.crypto import vault as V
+from safepassage.crypto.audit import AuditBody, AuditEntry
 from safepassage.crypto.codename import derive_applicant_keys, parse_codename
 from safepassage.crypto.encoding import b64e
+from safepassage.crypto.keys import SigningKey
 from safepassage.crypto.receipt import Receipt
 from safepassage.crypto.threshold import KeySet
 
@@ -388,6 +392,73 @@ def _r_other() -> Case:
     }
 
 
+# --- audit log (section 20) -------------------------------------------------------------
+
+
+def _audit_entry(key: SigningKey, *, detail: str = "alice as handler", seq: int = 2) -> AuditEntry:
+    body = AuditBody(
+        seq=seq,
+        prev=bytes(range(32, 64)),
+        day="2026-11-28",
+        actor="root",
+        action="invite",
+        case="",
+        detail=detail,
+        key_id=key.verify_key.key_id,
+    )
+    return AuditEntry.make(key, body)
+
+
+def _audit_case(entry: AuditEntry, expect: str) -> Case:
+    return {
+        "entry": entry.to_json(),
+        "key": b64e(ORG.receipt.verify_key.public_bytes_raw()),
+        "signed": b64e(entry.body.signed_bytes()),
+        "body_hash": entry.body.entry_hash().hex(),
+        "expect": expect,
+    }
+
+
+@case("audit/valid")
+def _a_valid() -> Case:
+    return _audit_case(_audit_entry(ORG.receipt), "success")
+
+
+@case("audit/edited")
+def _a_edited() -> Case:
+    good = _audit_entry(ORG.receipt)
+    edited = AuditEntry(dataclasses.replace(good.body, detail="mallory as admin"), good.hash, good.signature)
+    return _audit_case(edited, "BadSignature")
+
+
+@case("audit/other-key")
+def _a_other() -> Case:
+    forged = _audit_entry(signing_key("vector-not-the-server"))
+    # The forger names the server's key id but cannot make its signature.
+    body = dataclasses.replace(forged.body, key_id=ORG.receipt.verify_key.key_id)
+    return _audit_case(
+        AuditEntry(
+            body, body.entry_hash(), signing_key("vector-not-the-server").sign(L.SIG_AUDIT, body.signed_bytes())
+        ),
+        "BadSignature",
+    )
+
+
+@case("audit/receipt-purpose")
+def _a_receipt_purpose() -> Case:
+    good = _audit_entry(ORG.receipt)
+    # The right key and bytes, but signed as a receipt: purposes never cross.
+    sig = ORG.receipt.sign(L.SIG_RECEIPT, good.body.signed_bytes())
+    return _audit_case(AuditEntry(good.body, good.hash, sig), "BadSignature")
+
+
+@case("audit/uppercase-key-id")
+def _a_uppercase() -> Case:
+    out = _audit_case(_audit_entry(ORG.receipt), "MalformedInput")
+    out["entry"]["key"] = out["entry"]["key"].upper()
+    return out
+
+
 # --- vault ---------------------------------------------------------------------------
 
 VAULT_PASSPHRASE = "correct horse battery staple, in Cyrillic: конь"
@@ -551,7 +622,7 @@ CASES["translog/consistency-tampered"] = lambda: _proof_case("consistency", Fals
 
 
 def main() -> None:
-    for sub in ("keys", "codename", "envelope", "chunks", "directory", "receipt", "translog", "vault", "pow"):
+    for sub in ("keys", "codename", "envelope", "chunks", "directory", "receipt", "translog", "vault", "pow", "audit"):
         shutil.rmtree(ROOT / sub, ignore_errors=True)
     envelopes = _write_chunk_files()
     for name, (env, frames, expect) in CHUNK_CASES.items():

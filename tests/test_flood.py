@@ -16,6 +16,12 @@ of work, slow bodies, many parallel 1 MiB uploads) run for ``FLOOD_SECONDS``
 and afterwards nothing the flood sent is stored: the contacts and mailboxes
 are exactly the applicant's (spent challenges stay, by design, until they
 expire: docs/protocol.md 12.5).
+
+The flood asks for about 200 challenges a second here, so within the 20-second
+run it stays below the deployed global challenge cap (6,000 a minute). Past
+that point (``make soak`` reaches it after about 30 seconds) real applicants
+get 429 until the flood stops: a known open problem, recorded by the strict
+xfail test at the end of this file.
 """
 
 from __future__ import annotations
@@ -28,6 +34,7 @@ import sys
 import time
 from pathlib import Path
 
+import aiohttp
 import pytest
 from sqlalchemy import func, select
 
@@ -38,7 +45,7 @@ from safepassage.server.config import load_config
 from safepassage.server.db.engine import Store, make_engine
 from safepassage.server.db.models import Chunk, Contact, Mailbox
 
-from .deployment import now_ts
+from .deployment import Deployment, now_ts
 from .durability import Service, server_folder
 from .helpers import Org
 
@@ -149,3 +156,31 @@ async def test_flood_leaves_room_for_a_real_applicant(tmp_path: Path) -> None:
     assert contacts == len(times) + 1
     assert mailboxes == len(times) + 1
     assert chunks == 0
+
+
+@pytest.mark.parametrize("database_url", ["sqlite"], indirect=True)
+@pytest.mark.xfail(
+    strict=True,
+    reason=(
+        "KNOWN OPEN: the global cap on proof-of-work challenges (challenge_limit_per_minute) "
+        "is one budget for everybody, and behind Tor nobody can be told apart, so whoever asks "
+        "fastest takes it: a flood of free /pow requests locks real applicants out (429) for as "
+        "long as it lasts. The cap bounds the Argon2id checks unsolved submissions cost the "
+        "server, so it cannot simply go; the fix is to make each check cost the sender something "
+        "first (a cheap hash pre-check on the counter, a protocol change). When it is fixed this "
+        "test passes and strict xfail turns that into a failure: remove the marker then."
+    ),
+)
+async def test_a_challenge_flood_does_not_lock_out_applicants(deployment: Deployment) -> None:
+    limit = deployment.config.challenge_limit_per_minute
+    async with aiohttp.ClientSession(connector=aiohttp.TCPConnector(limit=32)) as http:
+
+        async def ask() -> int:
+            async with http.post(deployment.base_url + "/api/v1/pow") as r:
+                await r.read()
+                return r.status
+
+        statuses = await asyncio.gather(*(ask() for _ in range(limit + 50)))
+        assert statuses.count(201) == limit  # the flood took the whole minute's budget
+        # A real applicant now asks for a challenge.
+        assert await ask() == 201

@@ -198,7 +198,13 @@ class World:
     async def enrol_dana(self) -> str:
         code, _ = await self.store_do(  # type: ignore[misc]
             lambda store: create_invitation(
-                store, username="dana", role="handler", now=now_ts(), day=dt.datetime.now(dt.UTC).date(), actor="op"
+                store,
+                username="dana",
+                role="handler",
+                now=now_ts(),
+                day=dt.datetime.now(dt.UTC).date(),
+                actor="op",
+                audit_key=load_keys(load_config(self.root / "server").keys_dir).receipt,
             )
         )
         (self.root / "dana").mkdir(mode=0o700)

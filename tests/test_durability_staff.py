@@ -21,6 +21,7 @@ with an attachment, and then:
 from __future__ import annotations
 
 import asyncio
+import itertools
 import random
 import time
 from collections.abc import Awaitable, Callable
@@ -39,7 +40,7 @@ from safepassage.client.trust import fetch_trusted_directory
 from safepassage.crypto import envelope as E
 from safepassage.crypto.errors import SafePassageError
 from safepassage.server.db.engine import Store, make_engine
-from safepassage.server.db.models import AuditEvent, EscalationRecord, Message
+from safepassage.server.db.models import AuditLogEntry, EscalationRecord, Message
 from safepassage.server.integration.config import load_integration_config
 from safepassage.server.integration.directory import IntakeDirectorySource
 from safepassage.server.integration.keys import open_officer_keys
@@ -126,13 +127,16 @@ async def _scenario(world: World, tmp_path: Path) -> None:
     acked = [r for r in replies if isinstance(r, SentReply)]
     assert len(acked) >= ACKED_BEFORE_KILL
 
-    async def stored_replies(store: Store) -> tuple[list[Message], list[AuditEvent]]:
+    async def stored_replies(store: Store) -> tuple[list[Message], list[AuditLogEntry]]:
         async with store.read() as session:
             if store.is_sqlite:
                 assert (await session.execute(text("PRAGMA integrity_check"))).scalar() == "ok"
             messages = (await session.scalars(select(Message).where(Message.kind == "reply"))).all()
-            events = (await session.scalars(select(AuditEvent).where(AuditEvent.action == "reply"))).all()
-        return list(messages), list(events)
+            chain = (await session.scalars(select(AuditLogEntry).order_by(AuditLogEntry.seq))).all()
+        # The hash-chained audit log is unbroken by the kill: numbers without gaps, each entry linked to the last.
+        assert [e.seq for e in chain] == list(range(chain[0].seq, chain[0].seq + len(chain)))
+        assert all(b.prev_hash == a.entry_hash for a, b in itertools.pairwise(chain))
+        return list(messages), [e for e in chain if e.action == "reply"]
 
     messages, events = await world.store_do(stored_replies)  # type: ignore[misc]
     by_id = {m.id: m for m in messages}

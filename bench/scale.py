@@ -59,11 +59,12 @@ async def _bulk_load(dsn: str, start: int, end: int) -> None:
                 hi - 1,
             )
             await conn.execute(
-                "INSERT INTO contacts (id, mailbox_id, pool, owner, day, bucket, state, status, attachments, "
-                "server_sealed, envelope, envelope_hash) "
+                "INSERT INTO contacts (id, mailbox_id, pool, owner, day, bucket, state, status, status_day, "
+                "attachments, server_sealed, envelope, envelope_hash) "
                 "SELECT 'b' || lpad(to_hex(g), 15, '0'), lpad(to_hex(g), 64, '0'), 'general', "
                 "(ARRAY['alice','bob','carol'])[1 + g % 3], DATE '2025-01-01' + (g % 365)::int, 0, 'complete', "
-                "(ARRAY['new','reviewing','replied','closed'])[1 + (g / 3) % 4], 0, false, "
+                "(ARRAY['new','reviewing','replied','closed'])[1 + (g / 3) % 4], "
+                "DATE '2025-01-01' + (g % 365)::int, 0, false, "
                 "decode(repeat('00', 64), 'hex'), sha256(int8send(g)) "
                 "FROM generate_series($1::bigint, $2::bigint) g",
                 lo,

@@ -93,7 +93,7 @@ async def st_run(api: str, base_url: str, config: Path, *extra: str, pinned: boo
         *extra,
     ]
     proc = await asyncio.create_subprocess_exec(
-        *args, stdout=asyncio.subprocess.PIPE, stderr=asyncio.subprocess.STDOUT, cwd=str(ROOT)
+        *args, stdout=asyncio.subprocess.PIPE, stderr=asyncio.subprocess.STDOUT, cwd=str(config.parent)
     )
     out, _ = await asyncio.wait_for(proc.communicate(), timeout=480)
     report = out.decode(errors="replace")

@@ -10,6 +10,7 @@ at publication, not as every applicant's client failing.
 
 from __future__ import annotations
 
+import time
 from dataclasses import dataclass
 
 from sqlalchemy import delete, func, select, text, update
@@ -143,6 +144,7 @@ async def publish_in(
     org_fingerprint: str,
     receipt_key: VerifyKey,
     next_receipt_key: VerifyKey | None = None,
+    now: int | None = None,
 ) -> Effects:
     """Append ``signed`` to the log and serve ``head`` within ``session``'s transaction.
 
@@ -169,7 +171,8 @@ async def publish_in(
     if removed:
         result = await session.execute(delete(StaffSession).where(StaffSession.username.in_(removed)))
         ended = result.rowcount  # type: ignore[attr-defined]
-    moved = await reassign_orphaned_cases(session, directory, await log_entries(session))
+    when = int(time.time()) if now is None else now
+    moved = await reassign_orphaned_cases(session, directory, await log_entries(session), when)
     # Every proposal built on an older version can never be published now.
     await session.execute(
         update(DirectoryProposal)

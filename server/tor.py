@@ -1,0 +1,603 @@
+"""All of the server's Tor handling, through stem: control connection, onion services, health.
+
+Each server process (public intake, staff app, integration service) publishes
+its own onion service through a tor it reaches on a control port or socket
+(cookie or password authentication), or a private tor it launches for itself.
+The onions are ephemeral (``ADD_ONION``), tied to our control connection: if
+the process dies, tor takes the service down with it, so an address never
+points at a port where nothing of ours is listening.
+
+- The **public** onion turns on tor's proof-of-work defence (queue rate and
+  burst configurable): under a flood, clients that pay more work are served
+  first, before any request reaches aiohttp.
+- The **staff** and **integration** onions use v3 client authorisation: the
+  descriptor is encrypted to the listed x25519 client keys, so a client without
+  one cannot even learn the introduction points. stem 1.8 takes a single
+  client key, so ``ADD_ONION`` is sent raw, with one ``ClientAuthV3=`` per key.
+  Tor cannot add a client to a running ephemeral service; a changed key set
+  re-publishes the service (same key, same address; a second or two down).
+- Onion keys live in 0600 files (umask 077, atomic writes) under ``DATA/keys``,
+  so an address survives restarts. Deleting the file is how an address dies.
+- A health check re-publishes after tor restarted or the control connection
+  broke. stem's exceptions never leave this module: they become :class:`TorError`
+  subclasses, whose messages carry no key material.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import base64
+import binascii
+import contextlib
+import logging
+import os
+import re
+import threading
+from collections.abc import AsyncIterator, Awaitable, Callable, Iterable, Mapping
+from dataclasses import dataclass, field, replace
+from pathlib import Path
+from typing import Any, Final
+
+import stem
+import stem.connection
+import stem.control
+import stem.process
+import stem.response
+from aiohttp import web
+
+from safepassage.crypto.errors import MalformedInput, SafePassageError
+from safepassage.crypto.privatefile import read_private, write_private
+
+log = logging.getLogger("safepassage.server.tor")
+
+ROLES: Final = ("public", "staff", "integration")
+KEY_TYPE: Final = "ED25519-V3"
+#: Tor's expanded ed25519 secret key, base64: 64 bytes -> 88 characters.
+_KEY_TEXT = re.compile(r"ED25519-V3:[A-Za-z0-9+/]{86}==")
+_SERVICE_ID = re.compile(r"[a-z2-7]{56}")
+#: A client authorisation public key: 32 bytes in base32 without padding.
+_CLIENT_KEY = re.compile(r"[A-Z2-7]{52}")
+#: tor's own file format for one authorised client (HiddenServiceDir/authorized_clients/*.auth).
+_AUTH_LINE = re.compile(r"descriptor:x25519:([A-Za-z2-7]{52})")
+#: Tor's defaults for the PoW queue (tor manual, HiddenServicePoWQueueRate/Burst).
+DEFAULT_POW_QUEUE_RATE: Final = 250
+DEFAULT_POW_QUEUE_BURST: Final = 2500
+CONTROL_TIMEOUT: Final = 10.0
+PUBLISH_TIMEOUT: Final = 120.0
+#: At most this many authorised clients on one onion (tor's descriptor must stay under its size limit).
+MAX_CLIENTS: Final = 200
+
+
+class TorError(SafePassageError):
+    """Tor could not be used."""
+
+    hint = "Check that tor is running and that the server's tor_control setting names its control port or socket."
+    exit_code = 4
+
+
+class TorUnreachable(TorError):
+    """Tor's control port or socket does not answer."""
+
+
+class TorAuthFailed(TorError):
+    """Tor refused the control connection's authentication."""
+
+    hint = (
+        "Give the server access to tor's control cookie (group debian-tor) or set "
+        "tor_control_password_file to a 0600 file holding the control password."
+    )
+
+
+class OnionPublishFailed(TorError):
+    """Tor refused to publish the onion service."""
+
+
+class TorLaunchFailed(TorError):
+    """The server could not start its own tor."""
+
+    hint = "Check that the tor package is installed (apt-get install tor) and that DATA/tor is writable."
+
+
+class InvalidClientKey(TorError):
+    """That is not a Tor client authorisation key (52 base32 characters)."""
+
+    hint = "Ask the handler or admin for the public key their client printed: safepassage handler onion-key."
+    exit_code = 2
+
+
+# --- keys ----------------------------------------------------------------------------------------
+
+
+class OnionKey:
+    """An onion service's secret key as tor hands it out (``ED25519-V3:<base64>``). Never printed."""
+
+    __slots__ = ("_text",)
+
+    def __init__(self, text: str) -> None:
+        if not _KEY_TEXT.fullmatch(text):
+            raise MalformedInput("onion key")
+        self._text = text
+
+    def reveal(self) -> str:
+        """The ``ADD_ONION`` key argument; only for the control connection."""
+        return self._text
+
+    def __repr__(self) -> str:
+        return "OnionKey(<secret>)"
+
+    @classmethod
+    def load(cls, path: Path) -> OnionKey | None:
+        """The key in ``path``, or None if there is none yet; a readable-by-others file is refused."""
+        try:
+            raw = read_private(path, max_len=256, what="the onion key file")
+        except FileNotFoundError:
+            return None
+        try:
+            return cls(raw.decode("ascii").strip())
+        except UnicodeDecodeError:
+            raise MalformedInput("onion key file") from None
+
+    def save(self, path: Path) -> None:
+        path.parent.mkdir(mode=0o700, parents=True, exist_ok=True)
+        write_private(path, (self._text + "\n").encode("ascii"), replace=True)
+
+
+@dataclass(frozen=True, slots=True, order=True)
+class ClientKey:
+    """A client's x25519 public key for v3 client authorisation, base32 (upper case, no padding)."""
+
+    base32: str
+
+    @classmethod
+    def parse(cls, text: str) -> ClientKey:
+        """Accepts the bare key or tor's ``descriptor:x25519:<key>`` line; any case."""
+        text = text.strip()
+        match = _AUTH_LINE.fullmatch(text)
+        value = (match.group(1) if match else text).upper().rstrip("=")
+        if not _CLIENT_KEY.fullmatch(value):
+            raise InvalidClientKey()
+        try:
+            raw = base64.b32decode(value + "====")
+        except binascii.Error:
+            raise InvalidClientKey() from None
+        if len(raw) != 32:
+            raise InvalidClientKey()
+        return cls(value)
+
+    def auth_line(self) -> str:
+        return f"descriptor:x25519:{self.base32}"
+
+
+def read_client_keys(folder: Path) -> dict[str, ClientKey]:
+    """The authorised clients in ``folder``: ``<name>.auth`` files in tor's format, one key each.
+
+    A malformed file is skipped with a log line naming the file (never its
+    content): one bad file must not take the onion away from everybody else.
+    """
+    out: dict[str, ClientKey] = {}
+    if not folder.is_dir():
+        return out
+    for path in sorted(folder.glob("*.auth")):
+        try:
+            out[path.stem] = ClientKey.parse(read_private(path, max_len=256, what="a client key file").decode("ascii"))
+        except (SafePassageError, UnicodeDecodeError):
+            log.error("ignoring malformed client key file %s", path.name)
+    return out
+
+
+def write_client_key(folder: Path, name: str, key: ClientKey) -> Path:
+    folder.mkdir(mode=0o700, parents=True, exist_ok=True)
+    path = folder / f"{name}.auth"
+    write_private(path, (key.auth_line() + "\n").encode("ascii"), replace=True)
+    return path
+
+
+def remove_client_key(folder: Path, name: str) -> bool:
+    try:
+        (folder / f"{name}.auth").unlink()
+    except FileNotFoundError:
+        return False
+    return True
+
+
+# --- what to publish -------------------------------------------------------------------------------
+
+
+@dataclass(frozen=True, slots=True)
+class OnionSpec:
+    """One onion service: where its key lives, what it forwards to, how it is defended."""
+
+    role: str
+    key_path: Path
+    target_host: str
+    target_port: int
+    virtual_port: int = 80
+    pow_defense: bool = False
+    pow_queue_rate: int = DEFAULT_POW_QUEUE_RATE
+    pow_queue_burst: int = DEFAULT_POW_QUEUE_BURST
+    #: None: anyone may connect. A tuple (even empty): only those clients may.
+    client_keys: tuple[ClientKey, ...] | None = None
+
+    def __post_init__(self) -> None:
+        if self.role not in ROLES:
+            raise ValueError(f"unknown onion role {self.role!r}")
+        if not (1 <= self.target_port <= 65535 and 1 <= self.virtual_port <= 65535):
+            raise ValueError("port out of range")
+        if self.pow_queue_rate < 1 or self.pow_queue_burst < self.pow_queue_rate:
+            raise ValueError("PoW queue burst must be at least the rate, and the rate positive")
+        if self.client_keys is not None and len(self.client_keys) > MAX_CLIENTS:
+            raise ValueError(f"at most {MAX_CLIENTS} authorised clients per onion")
+
+    def command(self, key: OnionKey | None) -> str:
+        """The raw ``ADD_ONION`` line (stem 1.8 has no PoW arguments and only one client key)."""
+        parts = ["ADD_ONION", key.reveal() if key else f"NEW:{KEY_TYPE}"]
+        if self.client_keys is not None:
+            parts.append("Flags=V3Auth")
+        parts.append(f"Port={self.virtual_port},{self.target_host}:{self.target_port}")
+        if self.pow_defense:
+            parts += [
+                "PoWDefensesEnabled=1",
+                f"PoWQueueRate={self.pow_queue_rate}",
+                f"PoWQueueBurst={self.pow_queue_burst}",
+            ]
+        parts += [f"ClientAuthV3={k.base32}" for k in sorted(set(self.client_keys or ()))]
+        return " ".join(parts)
+
+
+@dataclass(frozen=True, slots=True)
+class Published:
+    role: str
+    service_id: str
+
+    @property
+    def address(self) -> str:
+        return f"{self.service_id}.onion"
+
+
+# --- control connection --------------------------------------------------------------------------
+
+
+@dataclass(frozen=True, slots=True)
+class ControlTarget:
+    """``host:port`` on loopback, or ``unix:/path/to/socket``; plus an optional password file."""
+
+    host: str = ""
+    port: int = 0
+    socket_path: str = ""
+    password_file: str = field(default="", repr=False)
+
+    @classmethod
+    def parse(cls, text: str, password_file: str = "") -> ControlTarget:
+        if text.startswith("unix:"):
+            path = text[5:]
+            if not path.startswith("/"):
+                raise TorError("tor_control unix: needs an absolute socket path")
+            return cls(socket_path=path, password_file=password_file)
+        host, sep, port = text.rpartition(":")
+        if not sep or not port.isdigit() or not 1 <= int(port) <= 65535:
+            raise TorError("tor_control must be host:port or unix:/path")
+        # The control port can publish and remove our onions: never across a network.
+        if host not in ("127.0.0.1", "::1", "[::1]", "localhost"):
+            raise TorError("tor_control must be on loopback (127.0.0.1) or a unix socket")
+        return cls(host=host.strip("[]"), port=int(port), password_file=password_file)
+
+    def password(self) -> str | None:
+        if not self.password_file:
+            return None
+        try:
+            raw = read_private(Path(self.password_file), max_len=1024, what="the tor control password file")
+        except FileNotFoundError:
+            raise TorAuthFailed("the control password file does not exist") from None
+        return raw.decode("utf-8", errors="strict").strip()
+
+    def connect(self) -> stem.control.Controller:
+        try:
+            if self.socket_path:
+                controller = stem.control.Controller.from_socket_file(self.socket_path)
+            else:
+                controller = stem.control.Controller.from_port(self.host, self.port)
+        except stem.SocketError:
+            raise TorUnreachable(self.socket_path or f"{self.host}:{self.port}") from None
+        try:
+            stem.connection.authenticate(controller, password=self.password())
+        except stem.connection.MissingPassword:
+            controller.close()
+            raise TorAuthFailed("tor wants a password: set tor_control_password_file") from None
+        except (stem.connection.AuthenticationFailure, UnicodeDecodeError):
+            controller.close()
+            raise TorAuthFailed() from None
+        return controller
+
+
+def launch(
+    data_dir: Path, options: Mapping[str, str | list[str]] | None = None
+) -> Callable[[], stem.control.Controller]:
+    """Start a private tor for this process (data under ``data_dir``, control socket only).
+
+    Returns a connect function for :class:`OnionPublisher`. The tor's owner is
+    this process (``__OwningControllerProcess``, then TAKEOWNERSHIP through the
+    first controller): it exits when the process does. ``options`` add torrc
+    lines (a test network's, or bridges); ``SocksPort`` stays off, the server
+    does not browse.
+    """
+    data_dir.mkdir(mode=0o700, parents=True, exist_ok=True)
+    os.chmod(data_dir, 0o700)
+    control = data_dir / "control"
+    config: dict[str, str | list[str]] = {
+        "DataDirectory": str(data_dir),
+        "ControlPort": f"unix:{control}",
+        "CookieAuthentication": "1",
+        "SocksPort": "0",
+        "SafeLogging": "1",
+        "Log": f"notice file {data_dir / 'notice.log'}",
+        "__OwningControllerProcess": str(os.getpid()),
+        **(options or {}),
+    }
+    try:
+        stem.process.launch_tor_with_config(
+            config=config, take_ownership=False, timeout=PUBLISH_TIMEOUT, completion_percent=100
+        )
+    except (OSError, stem.SocketError) as exc:
+        raise TorLaunchFailed(type(exc).__name__) from None
+    target = ControlTarget(socket_path=str(control))
+    return target.connect
+
+
+# --- publishing ----------------------------------------------------------------------------------
+
+
+class OnionPublisher:
+    """Keeps a set of onion services published through one tor, across tor restarts.
+
+    Blocking (stem is synchronous): call it from a thread, as :func:`onion_context` does.
+    """
+
+    def __init__(self, connect: Callable[[], stem.control.Controller], specs: Iterable[OnionSpec]) -> None:
+        self._connect = connect
+        self._specs = {s.role: s for s in specs}
+        self._controller: stem.control.Controller | None = None
+        self._published: dict[str, Published] = {}
+        self._lock = threading.Lock()
+
+    @property
+    def published(self) -> dict[str, Published]:
+        return dict(self._published)
+
+    def address(self, role: str) -> str:
+        return self._published[role].address
+
+    def _ensure_controller(self) -> stem.control.Controller:
+        if self._controller is None or not self._controller.is_alive():
+            if self._controller is not None:
+                with contextlib.suppress(Exception):
+                    self._controller.close()
+            self._controller = self._connect()
+            self._published.clear()
+        return self._controller
+
+    def _add(self, controller: stem.control.Controller, spec: OnionSpec, *, await_publication: bool) -> Published:
+        key = OnionKey.load(spec.key_path)
+        uploaded = threading.Event()
+        service_ids: list[str] = []
+
+        def on_desc(event: Any) -> None:
+            if event.action == stem.HSDescAction.UPLOADED and service_ids and event.address == service_ids[0]:
+                uploaded.set()
+
+        if await_publication:
+            controller.add_event_listener(on_desc, stem.control.EventType.HS_DESC)
+        try:
+            try:
+                reply = controller.msg(spec.command(key))
+                stem.response.convert("ADD_ONION", reply)
+            except (stem.ControllerError, stem.ProtocolError) as exc:
+                # tor's own reason names an option, never the key (we do not echo the command).
+                raise OnionPublishFailed(_reason(exc)) from None
+            except stem.SocketError:
+                raise TorUnreachable("the control connection closed") from None
+            service_id = str(reply.service_id)
+            if not _SERVICE_ID.fullmatch(service_id):
+                raise OnionPublishFailed("tor answered with an invalid service id")
+            service_ids.append(service_id)
+            if key is None:
+                if reply.private_key_type != KEY_TYPE or not reply.private_key:
+                    raise OnionPublishFailed("tor returned no key for the new service")
+                OnionKey(f"{KEY_TYPE}:{reply.private_key}").save(spec.key_path)
+            if await_publication and not uploaded.wait(PUBLISH_TIMEOUT):
+                raise OnionPublishFailed("the descriptor was not uploaded in time")
+        finally:
+            if await_publication:
+                with contextlib.suppress(Exception):
+                    controller.remove_event_listener(on_desc)
+        return Published(spec.role, service_id)
+
+    def publish(self, *, await_publication: bool = False) -> dict[str, Published]:
+        """Publish every service not already up on the current tor."""
+        with self._lock:
+            controller = self._ensure_controller()
+            current = _current_onions(controller)
+            for role, spec in self._specs.items():
+                done = self._published.get(role)
+                if done is not None and done.service_id in current:
+                    continue
+                self._published[role] = self._add(controller, spec, await_publication=await_publication)
+                log.info("onion service for %s published", role)
+            return dict(self._published)
+
+    def healthy(self) -> bool:
+        """True if the control connection is up and tor still has every one of our services."""
+        with self._lock:
+            controller = self._controller
+            if controller is None or not controller.is_alive():
+                return False
+            try:
+                current = _current_onions(controller)
+            except TorError:
+                return False
+            return all(p.service_id in current for p in self._published.values())
+
+    def check(self) -> bool:
+        """Health check: re-connect and re-publish if needed. True if something had to be repaired."""
+        if self.healthy() and len(self._published) == len(self._specs):
+            return False
+        log.warning("tor lost our onion services or the control connection; publishing again")
+        self.publish()
+        return True
+
+    def set_clients(self, role: str, keys: Iterable[ClientKey]) -> bool:
+        """Change the authorised clients of ``role``; re-publishes only if the set changed."""
+        wanted = tuple(sorted(set(keys)))
+        with self._lock:
+            spec = self._specs[role]
+            if spec.client_keys is None:
+                raise ValueError(f"the {role} onion has no client authorisation")
+            if wanted == spec.client_keys:
+                return False
+            self._specs[role] = replace(spec, client_keys=wanted)
+            done = self._published.pop(role, None)
+            if done is not None and self._controller is not None:
+                with contextlib.suppress(stem.ControllerError, stem.SocketError):
+                    self._controller.remove_ephemeral_hidden_service(done.service_id)
+        log.info("authorised clients of the %s onion changed; publishing it again", role)
+        self.publish()
+        return True
+
+    def preset_clients(self, role: str, keys: Iterable[ClientKey]) -> None:
+        """Set the authorised clients before the first publication (no re-publication)."""
+        with self._lock:
+            spec = self._specs[role]
+            if spec.client_keys is None:
+                raise ValueError(f"the {role} onion has no client authorisation")
+            self._specs[role] = replace(spec, client_keys=tuple(sorted(set(keys))))
+
+    def client_keys(self, role: str) -> tuple[ClientKey, ...] | None:
+        return self._specs[role].client_keys
+
+    def close(self) -> None:
+        """Take our services down and close the control connection."""
+        with self._lock:
+            controller, self._controller = self._controller, None
+            if controller is None:
+                return
+            for p in self._published.values():
+                with contextlib.suppress(stem.ControllerError, stem.SocketError):
+                    controller.remove_ephemeral_hidden_service(p.service_id)
+            self._published.clear()
+            with contextlib.suppress(Exception):
+                controller.close()
+
+
+def _current_onions(controller: stem.control.Controller) -> set[str]:
+    try:
+        return set(controller.get_info("onions/current", "").split())
+    except stem.SocketError:
+        raise TorUnreachable("the control connection closed") from None
+    except stem.ControllerError as exc:
+        raise TorError(_reason(exc)) from None
+
+
+def _reason(exc: Exception) -> str:
+    # tor's reply text ("Invalid key type", "Unrecognized option"), cut short; never our command line.
+    text = " ".join(str(exc).split())[:120]
+    return re.sub(r"ED25519-V3:\S+", "<key>", text)
+
+
+# --- aiohttp wiring ------------------------------------------------------------------------------
+
+
+@dataclass(frozen=True, slots=True)
+class TorSettings:
+    """What a process needs to publish its onion: from ServerConfig / IntegrationConfig."""
+
+    control: str
+    password_file: str
+    data_dir: Path
+    health_seconds: int = 30
+
+    def connector(
+        self, launch_options: Mapping[str, str | list[str]] | None = None
+    ) -> Callable[[], stem.control.Controller]:
+        if self.control == "launch":
+            return launch(self.data_dir / "tor", launch_options)
+        return ControlTarget.parse(self.control, self.password_file).connect
+
+
+ClientSource = Callable[[], Awaitable[tuple[ClientKey, ...]]]
+
+
+def onion_context(
+    publisher: OnionPublisher,
+    *,
+    health_seconds: int,
+    clients: Mapping[str, ClientSource] | None = None,
+    on_published: Callable[[dict[str, Published]], None] | None = None,
+) -> Callable[[web.Application], AsyncIterator[None]]:
+    """An aiohttp ``cleanup_ctx`` entry: publish at start, check health and client keys, take down at stop.
+
+    ``clients`` maps a role to a coroutine giving its current authorised keys
+    (read from the enrolment records); a change re-publishes that onion.
+    """
+
+    async def sync_clients() -> None:
+        for role, source in (clients or {}).items():
+            keys = await source()
+            await asyncio.to_thread(publisher.set_clients, role, keys)
+
+    async def loop() -> None:
+        while True:
+            await asyncio.sleep(health_seconds)
+            try:
+                await sync_clients()
+                await asyncio.to_thread(publisher.check)
+            except TorError as exc:
+                # Logged and retried next round: tor may be restarting.
+                log.error("tor health check failed: %s", exc.message)
+
+    async def ctx(app: web.Application) -> AsyncIterator[None]:
+        for role, source in (clients or {}).items():
+            keys = await source()
+            # Before the first publication, so the service comes up with the right clients at once.
+            publisher.preset_clients(role, keys)
+        published = await asyncio.to_thread(publisher.publish)
+        if on_published is not None:
+            on_published(published)
+        task = asyncio.create_task(loop())
+        try:
+            yield
+        finally:
+            task.cancel()
+            with contextlib.suppress(asyncio.CancelledError):
+                await task
+            await asyncio.to_thread(publisher.close)
+
+    return ctx
+
+
+def validate_control(text: str) -> None:
+    """Raise TorError if ``tor_control`` is not empty, ``launch``, ``host:port`` or ``unix:/path``."""
+    if text and text != "launch":
+        ControlTarget.parse(text)
+
+
+__all__ = [
+    "ClientKey",
+    "ControlTarget",
+    "InvalidClientKey",
+    "OnionKey",
+    "OnionPublishFailed",
+    "OnionPublisher",
+    "OnionSpec",
+    "Published",
+    "ROLES",
+    "TorAuthFailed",
+    "TorError",
+    "TorLaunchFailed",
+    "TorSettings",
+    "TorUnreachable",
+    "launch",
+    "onion_context",
+    "read_client_keys",
+    "remove_client_key",
+    "validate_control",
+    "write_client_key",
+]

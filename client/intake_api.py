@@ -41,6 +41,7 @@ from .errors import (
     TorUnreachable,
     UsageError,
 )
+from .onion import proxy_failure
 from .wire import (
     ID,
     MAX_LOG_PAGE,
@@ -252,7 +253,7 @@ class IntakeClient:
         except aiohttp_socks.ProxyConnectionError as exc:
             raise TorUnreachable() from exc
         except aiohttp_socks.ProxyError as exc:
-            raise ServerUnreachable(f"the Tor proxy reported error {exc.error_code}") from exc
+            raise proxy_failure(exc.error_code, str(exc)) from exc
         except (TimeoutError, aiohttp_socks.ProxyTimeoutError) as exc:
             raise ServerUnreachable("timed out") from exc
         except aiohttp.ClientConnectorError as exc:

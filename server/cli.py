@@ -18,6 +18,7 @@ from safepassage.crypto.directory import SignedDirectory
 from safepassage.crypto.encoding import b64e
 from safepassage.crypto.errors import SafePassageError
 
+from . import tor
 from .app import create_app
 from .config import ServerConfig, load_config, write_config
 from .db import migrate
@@ -125,4 +126,23 @@ def run(data_dir: Path, host: str | None, port: int | None) -> None:
     load_keys(config.keys_dir)  # fail now, with a clear error, rather than on first request
     logging.basicConfig(level=logging.INFO, stream=sys.stderr, format="%(levelname)s %(name)s: %(message)s")
     click.echo(f"Serving on http://{config.host}:{config.port}", err=True)
-    web.run_app(create_app(config), host=config.host, port=config.port, access_log=None, print=None)
+    app = create_app(config)
+    if config.tor_control:
+        publish_public_onion(app, config)
+    web.run_app(app, host=config.host, port=config.port, access_log=None, print=None)
+
+
+def publish_public_onion(app: web.Application, config: ServerConfig) -> None:
+    """Publish the applicants' onion (PoW defence per config) while ``app`` runs (key: keys/onion-public.key)."""
+    spec = tor.public_spec(
+        config.onion_key_path("public"),
+        config.host,
+        config.port,
+        pow_defense=bool(config.onion_pow),
+        queue_rate=config.onion_pow_queue_rate,
+        queue_burst=config.onion_pow_queue_burst,
+    )
+    settings = tor.TorSettings(
+        config.tor_control, config.tor_control_password_file, config.data_dir, config.tor_health_seconds
+    )
+    tor.attach(app, settings, [spec])

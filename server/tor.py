@@ -309,9 +309,11 @@ class ControlTarget:
         return controller
 
 
-def launch(
-    data_dir: Path, options: Mapping[str, str | list[str]] | None = None
-) -> Callable[[], stem.control.Controller]:
+Connect = Callable[[], stem.control.Controller]
+TorOptions = Mapping[str, str | list[str]]
+
+
+def launch(data_dir: Path, options: TorOptions | None = None) -> Connect:
     """Start a private tor for this process (data under ``data_dir``, control socket only).
 
     Returns a connect function for :class:`OnionPublisher`. The tor's owner is
@@ -514,13 +516,6 @@ class TorSettings:
     data_dir: Path
     health_seconds: int = 30
 
-    def connector(
-        self, launch_options: Mapping[str, str | list[str]] | None = None
-    ) -> Callable[[], stem.control.Controller]:
-        if self.control == "launch":
-            return launch(self.data_dir / "tor", launch_options)
-        return ControlTarget.parse(self.control, self.password_file).connect
-
 
 ClientSource = Callable[[], Awaitable[tuple[ClientKey, ...]]]
 
@@ -573,6 +568,62 @@ def onion_context(
     return ctx
 
 
+#: The running publisher of an app, for the addresses it got (tests, status pages).
+ONIONS: Final = web.AppKey("onions", OnionPublisher)
+
+
+def attach(
+    app: web.Application,
+    settings: TorSettings,
+    specs: Iterable[OnionSpec],
+    *,
+    clients: Mapping[str, ClientSource] | None = None,
+    launch_options: TorOptions | None = None,
+) -> OnionPublisher:
+    """Publish ``specs`` for as long as ``app`` runs (connecting or launching tor at start-up)."""
+
+    target = None if settings.control == "launch" else ControlTarget.parse(settings.control, settings.password_file)
+    launched: list[Connect] = []
+
+    def connect() -> stem.control.Controller:
+        if target is not None:
+            return target.connect()
+        # Launched lazily, on the first connect (the app may be built and never started);
+        # if that tor died, the next health check launches a new one.
+        if not launched:
+            launched.append(launch(settings.data_dir / "tor", launch_options))
+        try:
+            return launched[0]()
+        except TorUnreachable:
+            launched.clear()
+            raise
+
+    publisher = OnionPublisher(connect, specs)
+    app[ONIONS] = publisher
+    app.cleanup_ctx.append(onion_context(publisher, health_seconds=settings.health_seconds, clients=clients))
+    return publisher
+
+
+def public_spec(
+    key_path: Path, host: str, port: int, *, pow_defense: bool, queue_rate: int, queue_burst: int
+) -> OnionSpec:
+    """The applicants' onion: anyone may connect; PoW defence against floods."""
+    return OnionSpec(
+        "public",
+        key_path,
+        host,
+        port,
+        pow_defense=pow_defense,
+        pow_queue_rate=queue_rate,
+        pow_queue_burst=queue_burst,
+    )
+
+
+def restricted_spec(role: str, key_path: Path, host: str, port: int) -> OnionSpec:
+    """The staff or integration onion: only listed clients (none until the first is enrolled)."""
+    return OnionSpec(role, key_path, host, port, client_keys=())
+
+
 def validate_control(text: str) -> None:
     """Raise TorError if ``tor_control`` is not empty, ``launch``, ``host:port`` or ``unix:/path``."""
     if text and text != "launch":
@@ -594,6 +645,10 @@ __all__ = [
     "TorLaunchFailed",
     "TorSettings",
     "TorUnreachable",
+    "ONIONS",
+    "attach",
+    "public_spec",
+    "restricted_spec",
     "launch",
     "onion_context",
     "read_client_keys",

@@ -76,6 +76,7 @@ from .handler_vault import (
 )
 from .intake_api import IntakeClient
 from .integration_api import IntegrationClient
+from .onion import check_onion
 from .staff_api import CaseDetail, CaseSummary, StaffClient, StaffEnrolment
 from .trust import HeadState, TrustedDirectory, fetch_trusted_directory, normalise_fingerprint
 
@@ -224,6 +225,11 @@ def _check_listed(directory: Directory, keys: HandlerKeys) -> None:
         raise NotListed(f"no handler {keys.handler_id} in directory version {directory.version}") from None
     if listed.identity_key != keys.identity.verify_key:
         raise NotListed(f"handler {keys.handler_id} is listed with another identity key")
+
+
+def _check_staff_onion(paths: HandlerPaths, directory: Directory, now: int) -> None:
+    """The staff server of the saved session must be the directory's staff onion (if it is an onion)."""
+    check_onion(SavedSession.load(paths, now=now).staff, directory, "staff")
 
 
 @contextlib.asynccontextmanager
@@ -534,6 +540,7 @@ async def read_case(
         _, keys = open_handler_vault(paths, passphrase)
         SavedSession.load(paths, now=now)
         trusted = await _trusted(paths, keys.org, intake, socks, now)
+        _check_staff_onion(paths, trusted.directory, now)
         async with _staff(paths, socks, now) as staff:
             case = await _open_case(staff, keys, case_id)
             follow_ups = await _follow_ups(staff, keys, case, case_id)
@@ -579,6 +586,7 @@ async def reply(
         trusted = await _trusted(paths, keys.org, intake, socks, now)
         # Applicants verify replies against the directory: refuse to send one they would show as forged.
         _check_listed(trusted.directory, keys)
+        _check_staff_onion(paths, trusted.directory, now)
         async with _staff(paths, socks, now) as staff:
             case = await _open_case(staff, keys, case_id)
             payload = Reply(case_id, keys.handler_id, message).seal_payload(keys.identity)
@@ -624,6 +632,8 @@ async def escalate(
         directory = trusted.directory
         # The integration service checks our delivery signature against the directory.
         _check_listed(directory, keys)
+        _check_staff_onion(paths, directory, now)
+        check_onion(integration, directory, "integration")
         async with _staff(paths, socks, now) as staff:
             case = await _open_case(staff, keys, case_id)
             follow_ups = await _follow_ups(staff, keys, case, case_id)

@@ -115,6 +115,11 @@ class HandlerPaths:
     def intake_key(self) -> Path:
         return self.vault.with_name(INTAKE_KEY_FILE)
 
+    @property
+    def onion_key(self) -> Path:
+        """The Tor client authorisation key for the staff and integration onions (client/onion.py)."""
+        return self.vault.with_name(self.vault.name + ".onion-key")
+
 
 @contextlib.contextmanager
 def vault_lock(paths: HandlerPaths) -> Iterator[None]:

@@ -176,6 +176,11 @@ class IntakeClient:
         via = f"socks {self._proxy.host}:{self._proxy.port}" if self._proxy else "direct"
         return f"IntakeClient({self._base.host}, {via})"
 
+    @property
+    def base(self) -> URL:
+        """The API root this client talks to (its host is what :func:`check_onion` compares)."""
+        return self._base
+
     async def __aenter__(self) -> IntakeClient:
         connector: aiohttp.BaseConnector
         if self._proxy is not None:

@@ -32,7 +32,10 @@ import contextlib
 import logging
 import os
 import re
+import shutil
+import subprocess
 import threading
+import time
 from collections.abc import AsyncIterator, Awaitable, Callable, Iterable, Mapping
 from dataclasses import dataclass, field, replace
 from pathlib import Path
@@ -41,7 +44,6 @@ from typing import Any, Final
 import stem
 import stem.connection
 import stem.control
-import stem.process
 import stem.response
 from aiohttp import web
 
@@ -160,7 +162,8 @@ class ClientKey:
             raw = base64.b32decode(value + "====")
         except binascii.Error:
             raise InvalidClientKey() from None
-        if len(raw) != 32:
+        # Canonical only: the last character carries one bit, the other four must be zero.
+        if len(raw) != 32 or base64.b32encode(raw).decode("ascii").rstrip("=") != value:
             raise InvalidClientKey()
         return cls(value)
 
@@ -313,14 +316,48 @@ Connect = Callable[[], stem.control.Controller]
 TorOptions = Mapping[str, str | list[str]]
 
 
-def launch(data_dir: Path, options: TorOptions | None = None) -> Connect:
+class LaunchedTor:
+    """A tor this process started: its control socket, and its process to stop.
+
+    The first controller of a tor whose ``__OwningControllerProcess`` is this
+    process takes ownership (stem sends TAKEOWNERSHIP): tor exits when that
+    connection closes. So the controller that watched the bootstrap is handed
+    to the publisher as its first connection, never closed in between.
+    """
+
+    def __init__(self, target: ControlTarget, process: subprocess.Popen[bytes]) -> None:
+        self.target = target
+        self.process = process
+        self.first: stem.control.Controller | None = None
+
+    def connect(self) -> stem.control.Controller:
+        if self.first is not None:
+            first, self.first = self.first, None
+            if first.is_alive():
+                return first
+        return self.target.connect()
+
+    def stop(self) -> None:
+        if self.first is not None:
+            with contextlib.suppress(Exception):
+                self.first.close()
+            self.first = None
+        if self.process.poll() is None:
+            self.process.terminate()
+            try:
+                self.process.wait(timeout=15)
+            except subprocess.TimeoutExpired:
+                self.process.kill()
+                self.process.wait(timeout=15)
+
+
+def launch(data_dir: Path, options: TorOptions | None = None) -> LaunchedTor:
     """Start a private tor for this process (data under ``data_dir``, control socket only).
 
-    Returns a connect function for :class:`OnionPublisher`. The tor's owner is
-    this process (``__OwningControllerProcess``, then TAKEOWNERSHIP through the
-    first controller): it exits when the process does. ``options`` add torrc
-    lines (a test network's, or bridges); ``SocksPort`` stays off, the server
-    does not browse.
+    Its owner is this process (``__OwningControllerProcess``; stem's first
+    controller then sends TAKEOWNERSHIP): it exits when the process does, or
+    when that controller closes. ``options`` add torrc lines (a test network's,
+    or bridges); ``SocksPort`` stays off, the server does not browse.
     """
     data_dir.mkdir(mode=0o700, parents=True, exist_ok=True)
     os.chmod(data_dir, 0o700)
@@ -335,14 +372,52 @@ def launch(data_dir: Path, options: TorOptions | None = None) -> Connect:
         "__OwningControllerProcess": str(os.getpid()),
         **(options or {}),
     }
+    torrc = data_dir / "torrc"
+    lines = []
+    for name, value in config.items():
+        for one in [value] if isinstance(value, str) else value:
+            if "\n" in one or "\n" in name:
+                raise TorLaunchFailed("a tor option contains a line break")
+            lines.append(f"{name} {one}")
+    torrc.write_text("\n".join(lines) + "\n", encoding="utf-8")
+    binary = shutil.which("tor") or "/usr/sbin/tor"
     try:
-        stem.process.launch_tor_with_config(
-            config=config, take_ownership=False, timeout=PUBLISH_TIMEOUT, completion_percent=100
+        # Our torrc only: no system defaults file may add a SocksPort or another DataDirectory.
+        process = subprocess.Popen(  # noqa: S603 (fixed binary, arguments are our own paths)
+            [binary, "-f", str(torrc), "--defaults-torrc", os.devnull],
+            stdin=subprocess.DEVNULL,
+            stdout=subprocess.DEVNULL,
+            stderr=subprocess.DEVNULL,
         )
-    except (OSError, stem.SocketError) as exc:
+    except OSError as exc:
         raise TorLaunchFailed(type(exc).__name__) from None
-    target = ControlTarget(socket_path=str(control))
-    return target.connect
+    launched = LaunchedTor(ControlTarget(socket_path=str(control)), process)
+    try:
+        _wait_bootstrapped(launched, data_dir / "notice.log")
+    except BaseException:
+        launched.stop()
+        raise
+    return launched
+
+
+def _wait_bootstrapped(launched: LaunchedTor, log_file: Path) -> None:
+    """Wait (bounded) until the new tor answers on its control socket and has bootstrapped."""
+    deadline = time.monotonic() + PUBLISH_TIMEOUT
+    while True:
+        if launched.process.poll() is not None:
+            log.error("tor exited at start; see %s", log_file)
+            raise TorLaunchFailed(f"tor exited with status {launched.process.returncode}")
+        if time.monotonic() > deadline:
+            raise TorLaunchFailed("tor did not bootstrap in time")
+        if launched.first is None:
+            with contextlib.suppress(TorUnreachable):
+                launched.first = launched.target.connect()
+        if launched.first is not None:
+            with contextlib.suppress(stem.ControllerError, stem.SocketError):
+                if "PROGRESS=100" in launched.first.get_info("status/bootstrap-phase", ""):
+                    return
+        # Polling tor's own state; there is no event to wait on before the control socket exists.
+        time.sleep(0.25)
 
 
 # --- publishing ----------------------------------------------------------------------------------
@@ -526,6 +601,7 @@ def onion_context(
     health_seconds: int,
     clients: Mapping[str, ClientSource] | None = None,
     on_published: Callable[[dict[str, Published]], None] | None = None,
+    on_close: Callable[[], None] | None = None,
 ) -> Callable[[web.Application], AsyncIterator[None]]:
     """An aiohttp ``cleanup_ctx`` entry: publish at start, check health and client keys, take down at stop.
 
@@ -564,6 +640,8 @@ def onion_context(
             with contextlib.suppress(asyncio.CancelledError):
                 await task
             await asyncio.to_thread(publisher.close)
+            if on_close is not None:
+                await asyncio.to_thread(on_close)
 
     return ctx
 
@@ -583,24 +661,29 @@ def attach(
     """Publish ``specs`` for as long as ``app`` runs (connecting or launching tor at start-up)."""
 
     target = None if settings.control == "launch" else ControlTarget.parse(settings.control, settings.password_file)
-    launched: list[Connect] = []
+    launched: list[LaunchedTor] = []
 
     def connect() -> stem.control.Controller:
         if target is not None:
             return target.connect()
         # Launched lazily, on the first connect (the app may be built and never started);
         # if that tor died, the next health check launches a new one.
+        if launched and launched[0].process.poll() is not None:
+            launched.clear()
         if not launched:
             launched.append(launch(settings.data_dir / "tor", launch_options))
-        try:
-            return launched[0]()
-        except TorUnreachable:
-            launched.clear()
-            raise
+        return launched[0].connect()
+
+    def stop_launched() -> None:
+        for t in launched:
+            t.stop()
+        launched.clear()
 
     publisher = OnionPublisher(connect, specs)
     app[ONIONS] = publisher
-    app.cleanup_ctx.append(onion_context(publisher, health_seconds=settings.health_seconds, clients=clients))
+    app.cleanup_ctx.append(
+        onion_context(publisher, health_seconds=settings.health_seconds, clients=clients, on_close=stop_launched)
+    )
     return publisher
 
 
@@ -649,6 +732,7 @@ __all__ = [
     "attach",
     "public_spec",
     "restricted_spec",
+    "LaunchedTor",
     "launch",
     "onion_context",
     "read_client_keys",

@@ -498,7 +498,8 @@ class OnionPublisher:
                 if done is not None and done.service_id in current:
                     continue
                 self._published[role] = self._add(controller, spec, await_publication=await_publication)
-                log.info("onion service for %s published", role)
+                # Onion addresses are public (they go into the signed directory); the operator needs them.
+                log.info("onion service for %s published at %s", role, self._published[role].address)
             return dict(self._published)
 
     def healthy(self) -> bool:

@@ -17,9 +17,11 @@ from aiohttp import web
 from safepassage.crypto.directory import SignedDirectory
 from safepassage.crypto.encoding import b64e
 from safepassage.crypto.errors import SafePassageError
+from safepassage.crypto.vault import Passphrase
 
 from . import tor
 from .app import create_app
+from .backup import make_backup, restore_backup
 from .config import ServerConfig, load_config, write_config
 from .db import migrate
 from .db.engine import Store, make_engine
@@ -146,3 +148,34 @@ def publish_public_onion(app: web.Application, config: ServerConfig) -> None:
         config.tor_control, config.tor_control_password_file, config.data_dir, config.tor_health_seconds
     )
     tor.attach(app, settings, [spec])
+
+
+def _backup_passphrase(path: Path | None, *, new: bool) -> Passphrase:
+    if path is not None:
+        return Passphrase(path.read_text(encoding="utf-8").removesuffix("\n"))
+    return Passphrase(click.prompt("Backup passphrase", hide_input=True, confirmation_prompt=new, err=True))
+
+
+@server.command()
+@DATA
+@click.option("--out", required=True, type=click.Path(file_okay=False, path_type=Path), help="A new folder.")
+@click.option("--passphrase-file", type=click.Path(dir_okay=False, path_type=Path), help="Read the passphrase here.")
+def backup(data_dir: Path, out: Path, passphrase_file: Path | None) -> None:
+    """Back up config, keys (sealed under a passphrase) and the database into a new folder."""
+    os.umask(0o077)
+    summary = make_backup(data_dir, out, _backup_passphrase(passphrase_file, new=True))
+    click.echo(f"Backed up {summary.secrets} secret file(s) and the database ({summary.database}) into {out}.")
+    click.echo("Keep the passphrase apart from the backup; without it the keys cannot be restored.")
+
+
+@server.command()
+@click.option("--backup", "folder", required=True, type=click.Path(exists=True, file_okay=False, path_type=Path))
+@DATA
+@click.option("--database-url", default="", help="For a PostgreSQL backup: an empty database to restore into.")
+@click.option("--passphrase-file", type=click.Path(dir_okay=False, path_type=Path), help="Read the passphrase here.")
+def restore(folder: Path, data_dir: Path, database_url: str, passphrase_file: Path | None) -> None:
+    """Recreate a data folder (new or empty) from a backup made by 'server backup'."""
+    os.umask(0o077)
+    count = restore_backup(folder, data_dir, _backup_passphrase(passphrase_file, new=False), database_url=database_url)
+    click.echo(f"Restored {count} secret file(s) and the database into {data_dir}.")
+    click.echo("Then: safepassage server migrate --data DIR (if the software is newer), and start the services.")

@@ -216,3 +216,8 @@ class OnionMismatch(ClientError):
         "use the address it names (shown above), which the organisation's admins signed."
     )
     exit_code = 3
+
+    def __init__(self, detail: str = "", *, moved_to: str | None = None) -> None:
+        super().__init__(detail)
+        #: The address the verified directory names for the role, if it names one.
+        self.moved_to = moved_to

@@ -71,7 +71,7 @@ def check_onion(server: str | URL, directory: Directory, role: str) -> None:
     if expected is None:
         raise OnionMismatch(f"directory version {directory.version} names no {role} onion")
     if host != expected:
-        raise OnionMismatch(f"the directory's {role} address is {expected}")
+        raise OnionMismatch(f"the directory's {role} address is {expected}", moved_to=expected)
 
 
 class OnionClientKey:

@@ -8,6 +8,7 @@ import os
 import secrets
 import shutil
 import sys
+import time
 from dataclasses import replace
 from pathlib import Path
 
@@ -179,3 +180,47 @@ def restore(folder: Path, data_dir: Path, database_url: str, passphrase_file: Pa
     count = restore_backup(folder, data_dir, _backup_passphrase(passphrase_file, new=False), database_url=database_url)
     click.echo(f"Restored {count} secret file(s) and the database into {data_dir}.")
     click.echo("Then: safepassage server migrate --data DIR (if the software is newer), and start the services.")
+
+
+ROLE = click.option(
+    "--role",
+    type=click.Choice(tor.ROLES),
+    required=True,
+    help="public or staff (DATA is the server's folder), integration (DATA is the integration service's).",
+)
+
+
+def _onion_key_path(data_dir: Path, role: str) -> Path:
+    # Only DATA/keys is used, so the same command serves the integration service's folder.
+    return data_dir / "keys" / f"onion-{role}.key"
+
+
+@server.command(name="onion-address")
+@DATA
+@ROLE
+def onion_address(data_dir: Path, role: str) -> None:
+    """Print the role's onion addresses (current, and during a rotation next and retired), read from the keys."""
+    addresses = tor.onion_addresses(_onion_key_path(data_dir, role), time.time())
+    if not addresses:
+        raise tor.RotationError("no onion key yet: it is made when the service first publishes")
+    for label, address in addresses.items():
+        click.echo(f"{label}: {address}")
+
+
+@server.command(name="onion-rotate")
+@DATA
+@ROLE
+@click.option("--finish", is_flag=True, help="Make the next address current (after the admins signed it).")
+@click.option("--grace-hours", default=24 * 7, type=int, show_default=True, help="How long the old address stays up.")
+def onion_rotate(data_dir: Path, role: str, finish: bool, grace_hours: int) -> None:
+    """Rotate an onion address: first a next key (published beside the current one), then --finish."""
+    os.umask(0o077)
+    key_path = _onion_key_path(data_dir, role)
+    if not finish:
+        key = tor.start_rotation(key_path)
+        click.echo(f"Next {role} address: {key.address()}")
+        click.echo("It is published beside the current one at the next health check. Have the admins sign a")
+        click.echo("directory naming it, publish that, then run this command again with --finish.")
+        return
+    old, new = tor.finish_rotation(key_path, grace_seconds=grace_hours * 3600, now=time.time())
+    click.echo(f"{new} is now the {role} address; {old} stays up for {grace_hours} hours, then its key is destroyed.")

@@ -47,6 +47,7 @@ import stem.control
 import stem.response
 from aiohttp import web
 
+from safepassage.crypto import _primitives as P
 from safepassage.crypto.errors import MalformedInput, SafePassageError
 from safepassage.crypto.privatefile import read_private, write_private
 
@@ -142,6 +143,21 @@ class OnionKey:
     def save(self, path: Path) -> None:
         path.parent.mkdir(mode=0o700, parents=True, exist_ok=True)
         write_private(path, (self._text + "\n").encode("ascii"), replace=True)
+
+    @classmethod
+    def generate(cls) -> OnionKey:
+        """A new key made here, not by tor: its address is known before any publication."""
+        expanded = P.ed25519_expanded_from_seed(P.random_bytes(P.ED25519_SEED_LEN))
+        return cls(f"{KEY_TYPE}:{base64.b64encode(expanded).decode('ascii')}")
+
+    def service_id(self) -> str:
+        """The 56-letter onion name of this key (rend-spec-v3: key, checksum, version 3)."""
+        public = P.ed25519_public_from_expanded(base64.b64decode(self._text.split(":", 1)[1]))
+        checksum = P.sha3_256(b".onion checksum", public, b"\x03")[:2]
+        return base64.b32encode(public + checksum + b"\x03").decode("ascii").lower()
+
+    def address(self) -> str:
+        return self.service_id() + ".onion"
 
 
 @dataclass(frozen=True, slots=True, order=True)
@@ -424,15 +440,20 @@ def _wait_bootstrapped(launched: LaunchedTor, log_file: Path) -> None:
 
 
 class OnionPublisher:
-    """Keeps a set of onion services published through one tor, across tor restarts.
+    """Keeps a set of onion services published through one tor, across tor restarts and rotations.
 
-    Blocking (stem is synchronous): call it from a thread, as :func:`onion_context` does.
+    Each role's current key is published, and with it, during a rotation, the
+    next key (``onion-<role>.next.key``) and retired keys still in their grace
+    period (``onion-<role>.retired-<unix expiry>.key``); a retired key past its
+    expiry is destroyed. Blocking (stem is synchronous): call it from a thread,
+    as :func:`onion_context` does.
     """
 
     def __init__(self, connect: Callable[[], stem.control.Controller], specs: Iterable[OnionSpec]) -> None:
         self._connect = connect
         self._specs = {s.role: s for s in specs}
         self._controller: stem.control.Controller | None = None
+        #: label (role, or role.next, role.retired-T) -> what tor has for it
         self._published: dict[str, Published] = {}
         self._lock = threading.Lock()
 
@@ -441,6 +462,7 @@ class OnionPublisher:
         return dict(self._published)
 
     def address(self, role: str) -> str:
+        """The address of ``role``'s current key."""
         return self._published[role].address
 
     def _ensure_controller(self) -> stem.control.Controller:
@@ -452,13 +474,28 @@ class OnionPublisher:
             self._published.clear()
         return self._controller
 
-    def _add(self, controller: stem.control.Controller, spec: OnionSpec, *, await_publication: bool) -> Published:
-        key = OnionKey.load(spec.key_path)
+    def _instances(self) -> dict[str, tuple[OnionSpec, OnionKey]]:
+        out: dict[str, tuple[OnionSpec, OnionKey]] = {}
+        for role, spec in self._specs.items():
+            key = OnionKey.load(spec.key_path)
+            if key is None:
+                key = OnionKey.generate()
+                key.save(spec.key_path)
+            out[role] = (spec, key)
+            for label, path in rotation_keys(spec.key_path, time.time()).items():
+                extra = OnionKey.load(path)
+                if extra is not None:
+                    out[f"{role}.{label}"] = (replace(spec, key_path=path), extra)
+        return out
+
+    def _add(
+        self, controller: stem.control.Controller, spec: OnionSpec, key: OnionKey, *, await_publication: bool
+    ) -> Published:
+        service_id = key.service_id()
         uploaded = threading.Event()
-        service_ids: list[str] = []
 
         def on_desc(event: Any) -> None:
-            if event.action == stem.HSDescAction.UPLOADED and service_ids and event.address == service_ids[0]:
+            if event.action == stem.HSDescAction.UPLOADED and event.address == service_id:
                 uploaded.set()
 
         if await_publication:
@@ -472,14 +509,8 @@ class OnionPublisher:
                 raise OnionPublishFailed(_reason(exc)) from None
             except stem.SocketError:
                 raise TorUnreachable("the control connection closed") from None
-            service_id = str(reply.service_id)
-            if not _SERVICE_ID.fullmatch(service_id):
-                raise OnionPublishFailed("tor answered with an invalid service id")
-            service_ids.append(service_id)
-            if key is None:
-                if reply.private_key_type != KEY_TYPE or not reply.private_key:
-                    raise OnionPublishFailed("tor returned no key for the new service")
-                OnionKey(f"{KEY_TYPE}:{reply.private_key}").save(spec.key_path)
+            if reply.service_id != service_id:
+                raise OnionPublishFailed("tor published another address than the key's")
             if await_publication and not uploaded.wait(PUBLISH_TIMEOUT):
                 raise OnionPublishFailed("the descriptor was not uploaded in time")
         finally:
@@ -488,18 +519,36 @@ class OnionPublisher:
                     controller.remove_event_listener(on_desc)
         return Published(spec.role, service_id)
 
-    def publish(self, *, await_publication: bool = False) -> dict[str, Published]:
-        """Publish every service not already up on the current tor."""
-        with self._lock:
-            controller = self._ensure_controller()
-            current = _current_onions(controller)
-            for role, spec in self._specs.items():
-                done = self._published.get(role)
-                if done is not None and done.service_id in current:
-                    continue
-                self._published[role] = self._add(controller, spec, await_publication=await_publication)
+    def _reconcile(self, *, await_publication: bool) -> bool:
+        """Bring tor in line with the key files; True if anything was added or removed."""
+        controller = self._ensure_controller()
+        current = _current_onions(controller)
+        by_id = {p.service_id: p for p in self._published.values() if p.service_id in current}
+        wanted = self._instances()
+        changed = False
+        published: dict[str, Published] = {}
+        for label, (spec, key) in wanted.items():
+            done = by_id.get(key.service_id())
+            if done is None:
+                done = self._add(controller, spec, key, await_publication=await_publication)
                 # Onion addresses are public (they go into the signed directory); the operator needs them.
-                log.info("onion service for %s published at %s", role, self._published[role].address)
+                log.info("onion service %s published at %s", label, done.address)
+                changed = True
+            published[label] = done
+        keep = {p.service_id for p in published.values()}
+        for p in self._published.values():
+            if p.service_id not in keep:
+                with contextlib.suppress(stem.ControllerError, stem.SocketError):
+                    controller.remove_ephemeral_hidden_service(p.service_id)
+                log.info("onion service %s taken down", p.address)
+                changed = True
+        self._published = published
+        return changed
+
+    def publish(self, *, await_publication: bool = False) -> dict[str, Published]:
+        """Publish every service not already up on the current tor; take down retired ones."""
+        with self._lock:
+            self._reconcile(await_publication=await_publication)
             return dict(self._published)
 
     def healthy(self) -> bool:
@@ -515,12 +564,18 @@ class OnionPublisher:
             return all(p.service_id in current for p in self._published.values())
 
     def check(self) -> bool:
-        """Health check: re-connect and re-publish if needed. True if something had to be repaired."""
-        if self.healthy() and len(self._published) == len(self._specs):
-            return False
-        log.warning("tor lost our onion services or the control connection; publishing again")
-        self.publish()
-        return True
+        """Health check: re-connect and re-publish if needed, follow rotations. True if something changed."""
+        if not self.healthy():
+            log.warning("tor lost our onion services or the control connection; publishing again")
+        with self._lock:
+            return self._reconcile(await_publication=False)
+
+    def _drop_role(self, role: str) -> None:
+        for label in [lb for lb, p in self._published.items() if p.role == role]:
+            done = self._published.pop(label)
+            if self._controller is not None:
+                with contextlib.suppress(stem.ControllerError, stem.SocketError):
+                    self._controller.remove_ephemeral_hidden_service(done.service_id)
 
     def set_clients(self, role: str, keys: Iterable[ClientKey]) -> bool:
         """Change the authorised clients of ``role``; re-publishes only if the set changed."""
@@ -532,12 +587,10 @@ class OnionPublisher:
             if wanted == spec.client_keys:
                 return False
             self._specs[role] = replace(spec, client_keys=wanted)
-            done = self._published.pop(role, None)
-            if done is not None and self._controller is not None:
-                with contextlib.suppress(stem.ControllerError, stem.SocketError):
-                    self._controller.remove_ephemeral_hidden_service(done.service_id)
-        log.info("authorised clients of the %s onion changed; publishing it again", role)
-        self.publish()
+            # Tor cannot change the clients of a running service: take it down and publish it again.
+            self._drop_role(role)
+            log.info("authorised clients of the %s onion changed; publishing it again", role)
+            self._reconcile(await_publication=False)
         return True
 
     def preset_clients(self, role: str, keys: Iterable[ClientKey]) -> None:
@@ -563,6 +616,85 @@ class OnionPublisher:
             self._published.clear()
             with contextlib.suppress(Exception):
                 controller.close()
+
+
+# --- rotation ------------------------------------------------------------------------------------
+
+_RETIRED = re.compile(r"retired-(\d{1,12})")
+
+
+class RotationError(TorError):
+    """The onion address cannot be rotated in that state."""
+
+    hint = "Start a rotation with 'server onion-rotate', have the admins sign the new address, then finish it."
+    exit_code = 2
+
+
+def _stem(key_path: Path) -> str:
+    return key_path.name.removesuffix(".key")
+
+
+def next_key_path(key_path: Path) -> Path:
+    return key_path.with_name(_stem(key_path) + ".next.key")
+
+
+def rotation_keys(key_path: Path, now: float) -> dict[str, Path]:
+    """``next`` and ``retired-T`` key files beside ``key_path``; retired ones past ``T`` are destroyed."""
+    out: dict[str, Path] = {}
+    nxt = next_key_path(key_path)
+    if nxt.exists():
+        out["next"] = nxt
+    for path in sorted(key_path.parent.glob(_stem(key_path) + ".retired-*.key")):
+        match = _RETIRED.fullmatch(path.name.removesuffix(".key").rsplit(".", 1)[-1])
+        if match is None:
+            continue
+        if int(match.group(1)) <= now:
+            # The grace period is over: the old address must die, and with it the key that could revive it.
+            path.unlink(missing_ok=True)
+            log.info("retired onion key %s destroyed", path.name)
+            continue
+        out[match.group(0)] = path
+    return out
+
+
+def start_rotation(key_path: Path) -> OnionKey:
+    """Make the next key (published beside the current one from the next health check on)."""
+    if OnionKey.load(key_path) is None:
+        raise RotationError("there is no current onion key to rotate from")
+    if next_key_path(key_path).exists():
+        raise RotationError("a rotation is already under way (a next key exists)")
+    key = OnionKey.generate()
+    path = next_key_path(key_path)
+    path.parent.mkdir(mode=0o700, parents=True, exist_ok=True)
+    write_private(path, (key.reveal() + "\n").encode("ascii"), replace=False)
+    return key
+
+
+def finish_rotation(key_path: Path, *, grace_seconds: int, now: float) -> tuple[str, str]:
+    """The next key becomes current; the old one stays up ``grace_seconds`` more. Returns (old, new) addresses."""
+    current, nxt = OnionKey.load(key_path), OnionKey.load(next_key_path(key_path))
+    if current is None or nxt is None:
+        raise RotationError("no rotation under way (there is no next key)")
+    if not 0 <= grace_seconds <= 366 * 86400:
+        raise RotationError("the grace period must be 0 to 366 days")
+    retired = key_path.with_name(f"{_stem(key_path)}.retired-{int(now) + grace_seconds}.key")
+    # Two renames in the same folder: at every moment each key is in exactly one file.
+    os.rename(key_path, retired)
+    os.rename(next_key_path(key_path), key_path)
+    return current.address(), nxt.address()
+
+
+def onion_addresses(key_path: Path, now: float) -> dict[str, str]:
+    """Every address of a role's key files (``current``, ``next``, ``retired-T``), without tor."""
+    out: dict[str, str] = {}
+    key = OnionKey.load(key_path)
+    if key is not None:
+        out["current"] = key.address()
+    for label, path in rotation_keys(key_path, now).items():
+        extra = OnionKey.load(path)
+        if extra is not None:
+            out[label] = extra.address()
+    return out
 
 
 def _current_onions(controller: stem.control.Controller) -> set[str]:
@@ -724,6 +856,12 @@ __all__ = [
     "OnionSpec",
     "Published",
     "ROLES",
+    "RotationError",
+    "finish_rotation",
+    "next_key_path",
+    "onion_addresses",
+    "rotation_keys",
+    "start_rotation",
     "TorAuthFailed",
     "TorError",
     "TorLaunchFailed",

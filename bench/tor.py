@@ -24,7 +24,7 @@ from aiohttp import web
 from safepassage.client.errors import ServerUnreachable
 from safepassage.client.transport import Transport
 from safepassage.server import tor
-from tests.tornet import private_network
+from safepassage.server.tornet import private_network
 
 WARM = 30
 

@@ -462,8 +462,13 @@ class OnionPublisher:
         return dict(self._published)
 
     def address(self, role: str) -> str:
-        """The address of ``role``'s current key."""
-        return self._published[role].address
+        """The address of ``role``'s current key (published, or waiting for its first client key)."""
+        if role in self._published:
+            return self._published[role].address
+        key = OnionKey.load(self._specs[role].key_path)
+        if key is None:
+            raise KeyError(role)
+        return key.address()
 
     def _ensure_controller(self) -> stem.control.Controller:
         if self._controller is None or not self._controller.is_alive():
@@ -477,6 +482,10 @@ class OnionPublisher:
     def _instances(self) -> dict[str, tuple[OnionSpec, OnionKey]]:
         out: dict[str, tuple[OnionSpec, OnionKey]] = {}
         for role, spec in self._specs.items():
+            if spec.client_keys == ():
+                # tor refuses a client-authorised service with no client ("No auth clients
+                # specified"); nobody could reach it anyway. It comes up with the first key.
+                continue
             key = OnionKey.load(spec.key_path)
             if key is None:
                 key = OnionKey.generate()

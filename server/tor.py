@@ -52,6 +52,10 @@ from safepassage.crypto.errors import MalformedInput, SafePassageError
 from safepassage.crypto.privatefile import read_private, write_private
 
 log = logging.getLogger("safepassage.server.tor")
+# stem sets its own logger to TRACE and logs every control message at that level, so any
+# handler without a level of its own (basicConfig's, pytest's) would print "Sent to tor:
+# ADD_ONION ED25519-V3:<onion secret key>". Only its warnings may pass.
+logging.getLogger("stem").setLevel(logging.WARNING)
 
 ROLES: Final = ("public", "staff", "integration")
 KEY_TYPE: Final = "ED25519-V3"

@@ -9,6 +9,7 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
+import logging
 import os
 import signal
 import stat
@@ -230,6 +231,31 @@ async def test_public_onion_with_pow_is_reachable_and_keeps_its_address(tor_netw
             assert republished["public"].address == address
         finally:
             await asyncio.to_thread(again.close)
+
+
+async def test_onion_key_never_reaches_a_log(
+    tor_network: TorNet, tmp_path: Path, caplog: pytest.LogCaptureFixture
+) -> None:
+    caplog.set_level(1)  # everything, as a handler without a level would get it
+    # As if an operator turned on stem's own tracing (a handler on its logger): stem then
+    # logs every control command, ADD_ONION and its key included, unless we stop it.
+    stem_logger = logging.getLogger("stem")
+    stem_logger.addHandler(caplog.handler)
+    key = tor.OnionKey.generate()
+    key.save(tmp_path / "onion-public.key")
+    spec = tor.public_spec(tmp_path / "onion-public.key", "127.0.0.1", 9, pow_defense=True, queue_rate=1, queue_burst=1)
+    publisher = service_publisher(tor_network, spec)
+    try:
+        published = await asyncio.to_thread(publisher.publish)
+        assert published["public"].address == key.address()
+    finally:
+        await asyncio.to_thread(publisher.close)
+        stem_logger.removeHandler(caplog.handler)
+    secret = key.reveal().split(":", 1)[1]
+    assert caplog.records  # our own info lines are there
+    for record in caplog.records:
+        assert secret[:20] not in record.getMessage()
+    assert secret[:20] not in caplog.text
 
 
 async def test_staff_onion_admits_only_clients_with_a_key(tor_network: TorNet, tmp_path: Path) -> None:

@@ -439,7 +439,12 @@ def build(base: Path) -> TorNet:
 
 @contextlib.contextmanager
 def private_network(base: Path) -> Iterator[TorNet]:
-    net = build(base)
+    """The network, stopped at the end. One more try in a fresh folder if the first fails:
+    ports are picked free but another process on the machine may take one before tor binds it."""
+    try:
+        net = build(base / "try1")
+    except TorNetError:
+        net = build(base / "try2")
     try:
         yield net
     finally:

@@ -336,9 +336,11 @@ async def status(
     return trusted, proposals
 
 
-async def invite(paths: HandlerPaths, username: str, role: str, *, socks: str | None = None) -> tuple[str, int]:
+async def invite(
+    paths: HandlerPaths, username: str, role: str, *, onion_key: str | None = None, socks: str | None = None
+) -> tuple[str, int]:
     async with _admin(paths, socks) as client:
-        return await client.invite(username, role)
+        return await client.invite(username, role, onion_key)
 
 
 # --- the audit log (protocol 20) ------------------------------------------------------------------

@@ -195,10 +195,15 @@ def logout_command(vault: Path, socks: str | None) -> None:
 @_vault
 @click.option("--user", "username", required=True, help="The account name; for a handler, its id in the directory.")
 @click.option("--role", type=click.Choice(["handler", "admin"]), required=True)
+@click.option(
+    "--onion-key",
+    metavar="KEY",
+    help="The person's Tor client key (from 'handler onion-key'), admitting them to the staff onion.",
+)
 @_socks
-def invite_command(vault: Path, username: str, role: str, socks: str | None) -> None:
+def invite_command(vault: Path, username: str, role: str, onion_key: str | None, socks: str | None) -> None:
     """A one-time enrolment invitation (expires in 72 hours); give it over a channel you trust."""
-    code, expires = _run(flows.invite(HandlerPaths(vault), username, role, socks=socks))
+    code, expires = _run(flows.invite(HandlerPaths(vault), username, role, onion_key=onion_key, socks=socks))
     click.echo(f"Invitation for {role} {username} (single use, expires at Unix time {expires}):")
     click.echo(f"  {code}")
     if role == "handler":

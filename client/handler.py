@@ -78,6 +78,7 @@ from .handler_vault import (
 )
 from .intake_api import IntakeClient
 from .integration_api import IntegrationClient
+from .onion import check_onion
 from .staff_api import CaseDetail, CaseSummary, StaffClient, StaffEnrolment
 from .trust import HeadState, TrustedDirectory, fetch_trusted_directory, normalise_fingerprint
 
@@ -230,6 +231,11 @@ def _check_listed(directory: Directory, keys: HandlerKeys) -> HandlerKeys:
     if keys.identity_next is not None and listed.identity_key == keys.identity_next.verify_key:
         return dataclasses.replace(keys, identity=keys.identity_next, identity_next=None)
     raise NotListed(f"handler {keys.handler_id} is listed with another identity key")
+
+
+def _check_staff_onion(paths: HandlerPaths, directory: Directory, now: int) -> None:
+    """The staff server of the saved session must be the directory's staff onion (if it is an onion)."""
+    check_onion(SavedSession.load(paths, now=now).staff, directory, "staff")
 
 
 @contextlib.asynccontextmanager
@@ -542,6 +548,7 @@ async def read_case(
         _, keys = open_handler_vault(paths, passphrase)
         SavedSession.load(paths, now=now)
         trusted = await _trusted(paths, keys.org, intake, socks, now)
+        _check_staff_onion(paths, trusted.directory, now)
         async with _staff(paths, socks, now) as staff:
             source = source_for(paths, staff, case_id)
             case = await _open_case(staff, source, keys, case_id)
@@ -588,6 +595,7 @@ async def reply(
         trusted = await _trusted(paths, keys.org, intake, socks, now)
         # Applicants verify replies against the directory: refuse to send one they would show as forged.
         keys = _check_listed(trusted.directory, keys)
+        _check_staff_onion(paths, trusted.directory, now)
         async with _staff(paths, socks, now) as staff:
             case = await _open_case(staff, source_for(paths, staff, case_id), keys, case_id)
             payload = Reply(case_id, keys.handler_id, message).seal_payload(keys.identity)
@@ -633,6 +641,8 @@ async def escalate(
         directory = trusted.directory
         # The integration service checks our delivery signature against the directory.
         keys = _check_listed(directory, keys)
+        _check_staff_onion(paths, directory, now)
+        check_onion(integration, directory, "integration")
         async with _staff(paths, socks, now) as staff:
             source = source_for(paths, staff, case_id)
             case = await _open_case(staff, source, keys, case_id)

@@ -34,7 +34,7 @@ from safepassage.crypto.encoding import (
     parse_canonical_json,
     require_keys,
 )
-from safepassage.crypto.errors import BelowThreshold, NoSuchEntry
+from safepassage.crypto.errors import BelowThreshold, NoSuchEntry, UntrustedRoot
 from safepassage.crypto.keys import SigningKey, VerifyKey
 from safepassage.crypto.privatefile import read_private, write_private
 from safepassage.crypto.threshold import Signature
@@ -285,6 +285,8 @@ async def sign(
         expected = (base.version if base else 0) + 1
         if directory.version != expected:
             raise ProtocolViolation(f"the proposal is for version {directory.version}, not the next ({expected})")
+        if base is None and directory.admins.fingerprint() != org:
+            raise UntrustedRoot("the first directory's admins are not the organisation you pinned")
         diff = describe_changes(base, directory)
         me = keys.key.verify_key.key_id
         if detail.summary.state == "signing":

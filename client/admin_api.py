@@ -150,6 +150,8 @@ class AdminClient(StaffClient):
             )
         )
         summary = _summary(answer)
+        if "directory" not in answer:
+            raise ProtocolViolation("the proposal has no directory")
         directory = Directory.from_json(answer["directory"])
         # Re-encoding must give the same bytes, or the server sent something non-canonical.
         if canonical_json(directory.to_json()) != canonical_json(answer["directory"]):

@@ -15,6 +15,7 @@ Secrets come from hidden prompts or files, never from the command line.
 from __future__ import annotations
 
 import asyncio
+import re
 from collections.abc import Coroutine
 from pathlib import Path
 from typing import Any, TypeVar
@@ -92,7 +93,7 @@ def _policy(text: str) -> tuple[str, int | bool | str]:
         raise UsageError("--set-policy takes KEY=VALUE")
     if value in ("true", "false"):
         return key, value == "true"
-    if value.lstrip("-").isdigit():
+    if re.fullmatch(r"-?[0-9]{1,15}", value):
         return key, int(value)
     return key, value
 

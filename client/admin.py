@@ -15,9 +15,9 @@ directory appended.
 
 from __future__ import annotations
 
-import contextlib
 import time
-from collections.abc import AsyncIterator, Callable
+from collections.abc import Callable
+from contextlib import AbstractAsyncContextManager
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Final
@@ -54,8 +54,8 @@ from .admin_api import AdminClient, ProposalDetail, ProposalSummary, Published
 from .audit import AuditHeadRef, AuditReport, receipt_keys_of, verify_audit_log
 from .directory_changes import Changes, apply_changes, describe_changes
 from .errors import ClientError, ProtocolViolation, ServerRefused, UsageError
-from .handler import login, logout
-from .handler_vault import HandlerPaths, NotLoggedIn, Profile, SavedSession, forget_session, vault_lock
+from .handler import login, logout, staff_session
+from .handler_vault import HandlerPaths, Profile, vault_lock
 from .intake_api import IntakeClient
 from .staff_api import StaffEnrolment
 from .trust import HeadState, TrustedDirectory, fetch_trusted_directory, normalise_fingerprint
@@ -190,20 +190,9 @@ def _profile(paths: HandlerPaths) -> Profile:
     return profile
 
 
-@contextlib.asynccontextmanager
-async def _admin(paths: HandlerPaths, socks: str | None, now: int | None = None) -> AsyncIterator[AdminClient]:
-    """The staff API with this vault's saved session; a refused session is forgotten."""
-    session = SavedSession.load(paths, now=now)
-    if session.role != "admin":
-        raise UsageError("the saved session is not an admin's")
-    try:
-        async with AdminClient(session.staff, socks=socks, token=session.token) as client:
-            yield client
-    except ServerRefused as exc:
-        if exc.status == 401:
-            forget_session(paths)
-            raise NotLoggedIn("the staff server ended the session") from None
-        raise
+def _admin(paths: HandlerPaths, socks: str | None, now: int | None = None) -> AbstractAsyncContextManager[AdminClient]:
+    """The staff API with this vault's saved admin session; a refused session is forgotten."""
+    return staff_session(paths, socks, now, AdminClient, "admin")
 
 
 def _org(keys: AdminKeys) -> str:

@@ -14,11 +14,9 @@ Secrets come from hidden prompts or files, never from the command line.
 
 from __future__ import annotations
 
-import asyncio
 import re
-from collections.abc import Coroutine
 from pathlib import Path
-from typing import Any, TypeVar
+from typing import Any
 
 import click
 
@@ -31,16 +29,9 @@ from . import admin as flows
 from .audit import describe_audit_report
 from .directory_changes import Changes
 from .errors import UsageError, untrusted_text
-from .handler_cli import _passphrase, _password, _show_totp, _totp
+from .handler_cli import _passphrase, _passphrase_file, _password, _run, _show_totp, _socks, _totp
 from .handler_vault import HandlerPaths, Profile, forget_session, read_enrolment_document
 from .render import describe_directory
-
-T = TypeVar("T")
-
-
-def _run(coro: Coroutine[Any, Any, T]) -> T:
-    return asyncio.run(coro)
-
 
 _vault = click.option(
     "--vault",
@@ -51,8 +42,6 @@ _vault = click.option(
     metavar="PATH",
     help="Your admin vault (or $SAFEPASSAGE_ADMIN_VAULT).",
 )
-_passphrase_file = click.option("--passphrase-file", type=click.Path(dir_okay=False, path_type=Path), metavar="FILE")
-_socks = click.option("--socks", metavar="URL", help="Tor's SOCKS port, e.g. socks5://127.0.0.1:9050.")
 
 
 def _org(paths: HandlerPaths) -> str:

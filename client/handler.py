@@ -32,9 +32,10 @@ import os
 import secrets
 import time
 from collections.abc import AsyncIterator, Callable
+from contextlib import AbstractAsyncContextManager
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Final
+from typing import Final, TypeVar
 
 from safepassage.crypto.directory import Directory, IntakeKey
 from safepassage.crypto.encoding import canonical_json
@@ -238,17 +239,30 @@ def _check_staff_onion(paths: HandlerPaths, directory: Directory, now: int) -> N
     check_onion(SavedSession.load(paths, now=now).staff, directory, "staff")
 
 
+C = TypeVar("C", bound=StaffClient)
+
+
 @contextlib.asynccontextmanager
-async def _staff(paths: HandlerPaths, socks: str | None, now: int | None = None) -> AsyncIterator[StaffClient]:
+async def staff_session(
+    paths: HandlerPaths, socks: str | None, now: int | None, client_type: type[C], role: str
+) -> AsyncIterator[C]:
+    """The staff API with the vault's saved session (of ``role``); a session the server ended is forgotten."""
     session = SavedSession.load(paths, now=now)
+    if session.role != role:
+        raise UsageError(f"the saved session is not a {role}'s")
     try:
-        async with StaffClient(session.staff, socks=socks, token=session.token) as client:
+        client = client_type(session.staff, socks=socks, token=session.token)
+        async with client:
             yield client
     except ServerRefused as exc:
         if exc.status == 401:
             forget_session(paths)
             raise NotLoggedIn("the staff server ended the session") from None
         raise
+
+
+def _staff(paths: HandlerPaths, socks: str | None, now: int | None = None) -> AbstractAsyncContextManager[StaffClient]:
+    return staff_session(paths, socks, now, StaffClient, "handler")
 
 
 @dataclass(frozen=True, slots=True, repr=False)

@@ -15,9 +15,9 @@ directory appended.
 
 from __future__ import annotations
 
-import contextlib
 import time
-from collections.abc import AsyncIterator, Callable
+from collections.abc import Callable
+from contextlib import AbstractAsyncContextManager
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Final
@@ -34,7 +34,7 @@ from safepassage.crypto.encoding import (
     parse_canonical_json,
     require_keys,
 )
-from safepassage.crypto.errors import BelowThreshold, NoSuchEntry
+from safepassage.crypto.errors import BelowThreshold, NoSuchEntry, UntrustedRoot
 from safepassage.crypto.keys import SigningKey, VerifyKey
 from safepassage.crypto.privatefile import read_private, write_private
 from safepassage.crypto.threshold import Signature
@@ -54,8 +54,8 @@ from .admin_api import AdminClient, ProposalDetail, ProposalSummary, Published
 from .audit import AuditHeadRef, AuditReport, receipt_keys_of, verify_audit_log
 from .directory_changes import Changes, apply_changes, describe_changes
 from .errors import ClientError, ProtocolViolation, ServerRefused, UsageError
-from .handler import login, logout
-from .handler_vault import HandlerPaths, NotLoggedIn, Profile, SavedSession, forget_session, vault_lock
+from .handler import login, logout, staff_session
+from .handler_vault import HandlerPaths, Profile, vault_lock
 from .intake_api import IntakeClient
 from .staff_api import StaffEnrolment
 from .trust import HeadState, TrustedDirectory, fetch_trusted_directory, normalise_fingerprint
@@ -190,20 +190,9 @@ def _profile(paths: HandlerPaths) -> Profile:
     return profile
 
 
-@contextlib.asynccontextmanager
-async def _admin(paths: HandlerPaths, socks: str | None, now: int | None = None) -> AsyncIterator[AdminClient]:
-    """The staff API with this vault's saved session; a refused session is forgotten."""
-    session = SavedSession.load(paths, now=now)
-    if session.role != "admin":
-        raise UsageError("the saved session is not an admin's")
-    try:
-        async with AdminClient(session.staff, socks=socks, token=session.token) as client:
-            yield client
-    except ServerRefused as exc:
-        if exc.status == 401:
-            forget_session(paths)
-            raise NotLoggedIn("the staff server ended the session") from None
-        raise
+def _admin(paths: HandlerPaths, socks: str | None, now: int | None = None) -> AbstractAsyncContextManager[AdminClient]:
+    """The staff API with this vault's saved admin session; a refused session is forgotten."""
+    return staff_session(paths, socks, now, AdminClient, "admin")
 
 
 def _org(keys: AdminKeys) -> str:
@@ -285,6 +274,8 @@ async def sign(
         expected = (base.version if base else 0) + 1
         if directory.version != expected:
             raise ProtocolViolation(f"the proposal is for version {directory.version}, not the next ({expected})")
+        if base is None and directory.admins.fingerprint() != org:
+            raise UntrustedRoot("the first directory's admins are not the organisation you pinned")
         diff = describe_changes(base, directory)
         me = keys.key.verify_key.key_id
         if detail.summary.state == "signing":
@@ -336,9 +327,11 @@ async def status(
     return trusted, proposals
 
 
-async def invite(paths: HandlerPaths, username: str, role: str, *, socks: str | None = None) -> tuple[str, int]:
+async def invite(
+    paths: HandlerPaths, username: str, role: str, *, onion_key: str | None = None, socks: str | None = None
+) -> tuple[str, int]:
     async with _admin(paths, socks) as client:
-        return await client.invite(username, role)
+        return await client.invite(username, role, onion_key)
 
 
 # --- the audit log (protocol 20) ------------------------------------------------------------------

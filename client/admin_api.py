@@ -96,7 +96,10 @@ class AdminClient(StaffClient):
         await super().__aenter__()
         return self
 
-    async def invite(self, username: str, role: str) -> tuple[str, int]:
+    async def invite(self, username: str, role: str, onion_key: str | None = None) -> tuple[str, int]:
+        body: dict[str, JsonValue] = {"username": username, "role": role}
+        if onion_key is not None:
+            body["onion_key"] = onion_key
         answer = expect_json(
             await self.call(
                 "POST",
@@ -105,7 +108,7 @@ class AdminClient(StaffClient):
                 want="json",
                 limit=LIMIT_SMALL,
                 headers=self._auth(),
-                json_body={"username": username, "role": role},
+                json_body=body,
             )
         )
         return get_str(answer, "invitation", max_len=64), get_int(answer, "expires")
@@ -147,6 +150,8 @@ class AdminClient(StaffClient):
             )
         )
         summary = _summary(answer)
+        if "directory" not in answer:
+            raise ProtocolViolation("the proposal has no directory")
         directory = Directory.from_json(answer["directory"])
         # Re-encoding must give the same bytes, or the server sent something non-canonical.
         if canonical_json(directory.to_json()) != canonical_json(answer["directory"]):

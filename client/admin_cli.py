@@ -14,10 +14,9 @@ Secrets come from hidden prompts or files, never from the command line.
 
 from __future__ import annotations
 
-import asyncio
-from collections.abc import Coroutine
+import re
 from pathlib import Path
-from typing import Any, TypeVar
+from typing import Any
 
 import click
 
@@ -30,16 +29,9 @@ from . import admin as flows
 from .audit import describe_audit_report
 from .directory_changes import Changes
 from .errors import UsageError, untrusted_text
-from .handler_cli import _passphrase, _password, _show_totp, _totp
+from .handler_cli import _passphrase, _passphrase_file, _password, _run, _show_totp, _socks, _totp
 from .handler_vault import HandlerPaths, Profile, forget_session, read_enrolment_document
 from .render import describe_directory
-
-T = TypeVar("T")
-
-
-def _run(coro: Coroutine[Any, Any, T]) -> T:
-    return asyncio.run(coro)
-
 
 _vault = click.option(
     "--vault",
@@ -50,8 +42,6 @@ _vault = click.option(
     metavar="PATH",
     help="Your admin vault (or $SAFEPASSAGE_ADMIN_VAULT).",
 )
-_passphrase_file = click.option("--passphrase-file", type=click.Path(dir_okay=False, path_type=Path), metavar="FILE")
-_socks = click.option("--socks", metavar="URL", help="Tor's SOCKS port, e.g. socks5://127.0.0.1:9050.")
 
 
 def _org(paths: HandlerPaths) -> str:
@@ -92,7 +82,7 @@ def _policy(text: str) -> tuple[str, int | bool | str]:
         raise UsageError("--set-policy takes KEY=VALUE")
     if value in ("true", "false"):
         return key, value == "true"
-    if value.lstrip("-").isdigit():
+    if re.fullmatch(r"-?[0-9]{1,15}", value):
         return key, int(value)
     return key, value
 
@@ -195,10 +185,15 @@ def logout_command(vault: Path, socks: str | None) -> None:
 @_vault
 @click.option("--user", "username", required=True, help="The account name; for a handler, its id in the directory.")
 @click.option("--role", type=click.Choice(["handler", "admin"]), required=True)
+@click.option(
+    "--onion-key",
+    metavar="KEY",
+    help="The person's Tor client key (from 'handler onion-key'), admitting them to the staff onion.",
+)
 @_socks
-def invite_command(vault: Path, username: str, role: str, socks: str | None) -> None:
+def invite_command(vault: Path, username: str, role: str, onion_key: str | None, socks: str | None) -> None:
     """A one-time enrolment invitation (expires in 72 hours); give it over a channel you trust."""
-    code, expires = _run(flows.invite(HandlerPaths(vault), username, role, socks=socks))
+    code, expires = _run(flows.invite(HandlerPaths(vault), username, role, onion_key=onion_key, socks=socks))
     click.echo(f"Invitation for {role} {username} (single use, expires at Unix time {expires}):")
     click.echo(f"  {code}")
     if role == "handler":

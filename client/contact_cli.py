@@ -21,7 +21,7 @@ import tempfile
 import threading
 import time
 import unicodedata
-from collections.abc import Callable, Coroutine, Iterator
+from collections.abc import Awaitable, Callable, Coroutine, Iterator
 from pathlib import Path
 from typing import Any, Final, TypeVar
 
@@ -36,7 +36,7 @@ from safepassage.crypto.receipt import Receipt
 from safepassage.crypto.threshold import KeySet
 
 from .applicant import Progress, Reply, SentContact, check_mailbox, send_contact, send_follow_up
-from .errors import DeliveryUncertain, UsageError
+from .errors import DeliveryUncertain, OnionMismatch, UsageError
 from .intake_api import IntakeClient
 from .trust import HeadState, TrustedDirectory, fetch_trusted_directory
 
@@ -445,30 +445,29 @@ def send_command(
     state_path: Path | None,
 ) -> None:
     """Send a first, end-to-end encrypted contact and receive a codename."""
-    client = IntakeClient(server, socks=socks)
+    IntakeClient(server, socks=socks)  # the address and proxy are checked before anything is read
     parsed_fields = _parse_fields(fields)
     state = _load_state(state_path)
     message = _read_message(message_file)
     progress = ClickProgress()
 
-    async def go() -> SentContact:
-        async with client:
-            trusted = await _trusted(client, org_fingerprint, state_path, state)
-            language = lang or _default_language(trusted, pool)
-            sent = await send_contact(
-                client,
-                trusted,
-                pool=pool,
-                language=language,
-                message=message,
-                fields=parsed_fields,
-                attachments=list(attachments),
-                progress=progress,
-            )
-            return sent
+    async def go(client: IntakeClient) -> SentContact:
+        trusted = await _trusted(client, org_fingerprint, state_path, state)
+        language = lang or _default_language(trusted, pool)
+        sent = await send_contact(
+            client,
+            trusted,
+            pool=pool,
+            language=language,
+            message=message,
+            fields=parsed_fields,
+            attachments=list(attachments),
+            progress=progress,
+        )
+        return sent
 
     try:
-        sent = _run(go())
+        sent = _run(_followed(server, socks, go))
     except DeliveryUncertain as exc:
         progress.close()
         click.echo("The server may have stored your contact but did not confirm it.", err=True)
@@ -479,6 +478,24 @@ def send_command(
     _echo_receipt(sent.receipt, "Contact")
     click.echo(f"To answer a reply later you need the pool name ({sent.pool}); 'check' shows the contact id.")
     _echo_codename(sent.codename)
+
+
+async def _followed(server: str, socks: str | None, flow: Callable[[IntakeClient], Awaitable[T]]) -> T:
+    """Run ``flow`` against ``server``; if the verified directory moved the public onion, follow it once.
+
+    Safe to follow: the new address comes from a directory that passed every
+    check (admin signatures, the log), and nothing was sent before the check.
+    A phishing copy that relays the real directory thus sends its victims home.
+    """
+    try:
+        async with IntakeClient(server, socks=socks) as client:
+            return await flow(client)
+    except OnionMismatch as exc:
+        if exc.moved_to is None:
+            raise
+        click.echo(f"The organisation's signed directory names {exc.moved_to} for this service; using it.", err=True)
+        async with IntakeClient(f"http://{exc.moved_to}", socks=socks) as client:
+            return await flow(client)
 
 
 def _default_language(trusted: TrustedDirectory, pool: str) -> str:
@@ -499,16 +516,15 @@ def check_command(
     server: str, org_fingerprint: str, codename_file: Path | None, socks: str | None, state_path: Path | None
 ) -> None:
     """Read the replies to your contacts (asks for your codename)."""
-    client = IntakeClient(server, socks=socks)
+    IntakeClient(server, socks=socks)
     state = _load_state(state_path)
     codename = _read_codename(codename_file)
 
-    async def go() -> list[Reply]:
-        async with client:
-            trusted = await _trusted(client, org_fingerprint, state_path, state)
-            return await check_mailbox(client, trusted, codename)
+    async def go(client: IntakeClient) -> list[Reply]:
+        trusted = await _trusted(client, org_fingerprint, state_path, state)
+        return await check_mailbox(client, trusted, codename)
 
-    _echo_replies(_run(go()))
+    _echo_replies(_run(_followed(server, socks, go)))
 
 
 @contact.command("reply")
@@ -532,20 +548,19 @@ def reply_command(
     state_path: Path | None,
 ) -> None:
     """Send a follow-up message to an earlier contact (asks for your codename)."""
-    client = IntakeClient(server, socks=socks)
+    IntakeClient(server, socks=socks)
     state = _load_state(state_path)
     codename = _read_codename(codename_file)
     message = _read_message(message_file)
     progress = ClickProgress()
 
-    async def go() -> Receipt:
-        async with client:
-            trusted = await _trusted(client, org_fingerprint, state_path, state)
-            sent = await send_follow_up(client, trusted, codename, contact_id, message, pool=pool, progress=progress)
-            return sent.receipt
+    async def go(client: IntakeClient) -> Receipt:
+        trusted = await _trusted(client, org_fingerprint, state_path, state)
+        sent = await send_follow_up(client, trusted, codename, contact_id, message, pool=pool, progress=progress)
+        return sent.receipt
 
     try:
-        receipt = _run(go())
+        receipt = _run(_followed(server, socks, go))
     finally:
         progress.close()
     _echo_receipt(receipt, "Follow-up")

@@ -28,11 +28,11 @@ import shutil
 import socket
 import tempfile
 import time
-from collections.abc import Callable, Iterator, Sequence
+from collections.abc import Awaitable, Callable, Iterator, Sequence
 from contextlib import AsyncExitStack
-from dataclasses import dataclass
+from dataclasses import dataclass, replace
 from pathlib import Path
-from typing import Final
+from typing import Final, TypeVar
 
 import click
 import pyotp
@@ -49,7 +49,8 @@ from safepassage.crypto.privatefile import write_private
 from safepassage.crypto.threshold import KeySet
 from safepassage.crypto.vault import MIN_MEMLIMIT, MIN_OPSLIMIT, Passphrase
 from safepassage.server.app import create_app
-from safepassage.server.config import load_config, write_config
+from safepassage.server.cli import publish_public_onion
+from safepassage.server.config import ServerConfig, load_config, write_config
 from safepassage.server.context import INTAKE
 from safepassage.server.db import migrate
 from safepassage.server.db.engine import Store, make_engine
@@ -57,13 +58,21 @@ from safepassage.server.db.models import Chunk
 from safepassage.server.db.models import Contact as ContactRow
 from safepassage.server.integration import create_integration_app
 from safepassage.server.integration.bootstrap import init_data_dir, plan_init
-from safepassage.server.integration.config import load_integration_config
+from safepassage.server.integration.config import (
+    IntegrationConfig,
+    load_integration_config,
+    publish_integration_onion,
+)
 from safepassage.server.integration.directory import IntakeDirectorySource
 from safepassage.server.integration.keys import open_officer_keys
 from safepassage.server.keys import create_keys
 from safepassage.server.staff.accounts import create_invitation
 from safepassage.server.staff.app import create_staff_app
+from safepassage.server.staff.cli import publish_staff_onion
 from safepassage.server.staff.context import STAFF
+from safepassage.server.staff.onion_clients import register
+from safepassage.server.tor import ClientKey, OnionKey, write_client_key
+from safepassage.server.tornet import TorNet, TorNetError, build
 
 from .admin import create_admin_vault, enroll_admin
 from .admin import login as admin_login
@@ -72,10 +81,12 @@ from .admin import publish as admin_publish
 from .admin import sign as admin_sign
 from .applicant import SentContact, check_mailbox, send_contact
 from .directory_changes import Changes
+from .errors import OnionAuthRequired, ServerUnreachable
 from .handler import enroll, escalate, inbox, login, read_case, reply
 from .handler_vault import HandlerPaths, read_enrolment_document
 from .intake_api import IntakeClient
 from .officer import complete_package, read_package
+from .onion import OnionClientKey
 from .staff_api import StaffEnrolment
 from .trust import fetch_trusted_directory
 
@@ -205,14 +216,53 @@ class _HandlerLogin:
 class _Demo:
     """The parties of one run; each phase is a method, in the order of :func:`run_demo`."""
 
-    def __init__(self, workdir: Path, message: str, out: _Steps) -> None:
-        self.workdir, self.message, self.out = workdir, message, out
+    config: ServerConfig
+    integration_config: IntegrationConfig
+    store: Store
+
+    def __init__(self, workdir: Path, message: str, out: _Steps, net: TorNet | None = None) -> None:
+        self.workdir, self.message, self.out, self.net = workdir, message, out, net
         self.server_dir, self.integration_dir = workdir / "server", workdir / "integration"
         self.sockets = {name: _bound_socket() for name in ("intake", "staff", "integration")}
         self.intake_url, self.staff_url, self.integration_url = (
             _url(self.sockets[n]) for n in ("intake", "staff", "integration")
         )
+        #: Where the integration service itself fetches the directory (loopback, server to server),
+        #: and where the admins run their ceremony (operators' machines, on loopback in this demo).
+        self.intake_loopback, self.staff_loopback = self.intake_url, self.staff_url
+        self.onions: dict[str, str] = {}
         self.handlers: dict[str, _HandlerLogin] = {}
+
+    def socks(self, who: str) -> str | None:
+        """The SOCKS port of the applicant's or the handlers' Tor (None on loopback)."""
+        if self.net is None:
+            return None
+        return (self.net.applicant if who == "applicant" else self.net.handler).socks_url()
+
+    def _prepare_onions(self) -> None:
+        """Onion keys made now, so the first directory can name the addresses; URLs become onion URLs."""
+        if self.net is None:
+            return
+        control = f"127.0.0.1:{self.net.service.control_port}"
+        ports = {n: self.sockets[n].getsockname()[1] for n in self.sockets}
+        self.config = replace(
+            self.config, tor_control=control, port=ports["intake"], staff_port=ports["staff"], tor_health_seconds=1
+        ).validate()
+        self.integration_config = replace(
+            self.integration_config, tor_control=control, port=ports["integration"], tor_health_seconds=1
+        ).validate()
+        for role, path in (
+            ("public", self.config.onion_key_path("public")),
+            ("staff", self.config.onion_key_path("staff")),
+            ("integration", self.integration_config.onion_key_path),
+        ):
+            key = OnionKey.generate()
+            key.save(path)
+            self.onions[role] = key.address()
+        self.intake_url, self.staff_url, self.integration_url = (
+            f"http://{self.onions[r]}" for r in ("public", "staff", "integration")
+        )
+        self.out.say(f"onion addresses (keys in keys/onion-*.key, 0600): {', '.join(self.onions.values())}")
 
     # --- the organisation ---------------------------------------------------------------------------------
 
@@ -234,7 +284,7 @@ class _Demo:
         out.say(f"server/: SQLite database and keys/ (0600); receipt key {self.keys.receipt.verify_key.fingerprint()}")
 
         out.step("The integration officer runs `integration init`: service key, database, officer's vault")
-        plan = plan_init(self.integration_dir, org_fingerprint=self.fingerprint, intake_url=self.intake_url)
+        plan = plan_init(self.integration_dir, org_fingerprint=self.fingerprint, intake_url=self.intake_loopback)
         self.officer_passphrase = _new_passphrase()
         self.integration = await asyncio.to_thread(init_data_dir, plan, self.officer_passphrase)
         _write_demo_passphrase(self.integration_dir / "DEMO-ONLY-officer-passphrase.txt", self.officer_passphrase)
@@ -242,6 +292,7 @@ class _Demo:
         out.say(f"integration/: signing key {self.integration.signing_key.fingerprint()}")
         count = len(self.integration.encryption_keys)
         out.say(f"officer's encryption key(s) in {self.integration.vault_path.name}: {count}")
+        self._prepare_onions()
 
     async def enrol_admins(self) -> None:
         self.out.step("The operator invites the three admins; each enrols (password + TOTP) and logs in")
@@ -263,8 +314,8 @@ class _Demo:
             await enroll_admin(
                 admin.paths,
                 admin.passphrase,
-                staff=self.staff_url,
-                intake=self.intake_url,
+                staff=self.staff_loopback,
+                intake=self.intake_loopback,
                 invitation=code,
                 password=admin.password,
                 org=self.fingerprint,
@@ -299,6 +350,11 @@ class _Demo:
         self.out.step("The intake server and the staff app start (in this process, on loopback)")
         self.intake_app = create_app(self.config, store=self.store)
         self.staff_app = create_staff_app(self.config, store=self.store)
+        if self.net is not None:
+            self.out.say("each app publishes its onion through the service tor (PoW on the public one;")
+            self.out.say("the staff onion admits only the handlers' Tor client keys, taken with their invitations)")
+            publish_public_onion(self.intake_app, self.config)
+            publish_staff_onion(self.staff_app, self.config, store=self.store)
         await _serve(stack, self.intake_app, self.sockets["intake"])
         await _serve(stack, self.staff_app, self.sockets["staff"])
         self.out.say(f"public intake: {self.intake_url}    staff API: {self.staff_url}")
@@ -315,6 +371,7 @@ class _Demo:
                 add_pools=[Pool(POOL, "General", ("en", "ru"))],
                 integration=IntegrationService(self.integration.signing_key, self.integration.encryption_keys),
                 receipt_key=self.keys.receipt.verify_key,
+                onions=dict(self.onions),
                 policy={"intake_key_days": 7},
             )
         )
@@ -331,6 +388,7 @@ class _Demo:
         )
         home = _private_dir(self.workdir / "handlers" / name)
         paths = HandlerPaths(home / f"{name}.vault")
+        await self._tor_client_key(name, paths)
         password, passphrase = secrets.token_urlsafe(18), _new_passphrase()
         _write_demo_passphrase(home / "DEMO-ONLY-passphrase.txt", passphrase)
         secret: list[str] = []
@@ -340,20 +398,44 @@ class _Demo:
             secret.append(answer.totp_secret.reveal())
             return pyotp.TOTP(secret[-1]).now()
 
-        done = await enroll(
-            staff=self.staff_url,
-            invitation=code,
-            password=password,
-            vault=paths.vault,
-            passphrase=passphrase,
-            intake=self.intake_url,
-            org=self.fingerprint,
-            totp_code=authenticator,
-            opslimit=MIN_OPSLIMIT,
-            memlimit=MIN_MEMLIMIT,
+        done = await _retry_fresh_onion(
+            lambda: enroll(
+                staff=self.staff_url,
+                invitation=code,
+                password=password,
+                vault=paths.vault,
+                passphrase=passphrase,
+                intake=self.intake_url,
+                org=self.fingerprint,
+                totp_code=authenticator,
+                socks=self.socks("handler"),
+                opslimit=MIN_OPSLIMIT,
+                memlimit=MIN_MEMLIMIT,
+            )
         )
         self.handlers[name] = _HandlerLogin(paths, password, passphrase, secret[0])
         self.out.say(f"{name}: enrolled; identity {done.identity_fingerprint[:23]}...; vault and intake-key.json")
+
+    async def _tor_client_key(self, name: str, paths: HandlerPaths) -> None:
+        """The handler's Tor client key: public half to the staff server (with the invitation), private to their Tor."""
+        if self.net is None:
+            return
+        key, _ = OnionClientKey.load_or_create(paths.onion_key)
+        client = ClientKey.parse(key.public_base32())
+        register(self.config.onion_clients_dir, name, client)
+        write_client_key(self.integration_config.onion_clients_dir, name, client)
+        self._use_handler_tor(name, key)
+        # The staff app re-reads the keys every tor_health_seconds and publishes again.
+        await asyncio.sleep(2 * self.config.tor_health_seconds + 1)
+        self.out.say(f"{name}: Tor client key {key.public_base32()[:12]}... given with the invitation")
+
+    def _use_handler_tor(self, name: str, key: OnionClientKey) -> None:
+        # One tor stands in for every handler's own machine: it holds the acting handler's key.
+        if self.net is None:
+            return
+        for role in ("staff", "integration"):
+            key.install(self.net.handler_auth_dir, self.onions[role], f"safepassage-{role}")
+        self.net.reload_handler_auth()
 
     async def enrol_handlers(self) -> None:
         self.out.step(f"Two handlers enrol with invitations and TOTP: {', '.join(HANDLERS)}")
@@ -370,7 +452,10 @@ class _Demo:
 
     async def start_integration(self, stack: AsyncExitStack) -> None:
         self.out.step("The integration service starts and fetches the directory from the intake")
-        await _serve(stack, create_integration_app(self.integration_config), self.sockets["integration"])
+        app = create_integration_app(self.integration_config)
+        if self.net is not None:
+            publish_integration_onion(app, self.integration_config)
+        await _serve(stack, app, self.sockets["integration"])
         self.out.say(f"integration service: {self.integration_url}")
 
     # --- the case -----------------------------------------------------------------------------------------
@@ -381,8 +466,10 @@ class _Demo:
         applicant_dir = _private_dir(self.workdir / "applicant")
         attachment = applicant_dir / "scan-page-1.bin"
         attachment.write_bytes(b"DEMO attachment: random bytes standing in for a scanned page\n" + os.urandom(40_000))
-        async with IntakeClient(self.intake_url) as client:
-            trusted = await fetch_trusted_directory(client, self.fingerprint, None, int(time.time()))
+        async with IntakeClient(self.intake_url, socks=self.socks("applicant")) as client:
+            trusted = await _retry_fresh_onion(
+                lambda: fetch_trusted_directory(client, self.fingerprint, None, int(time.time()))
+            )
             sent = await send_contact(
                 client, trusted, pool=POOL, language="en", message=self.message, fields={}, attachments=[attachment]
             )
@@ -401,26 +488,30 @@ class _Demo:
         out.step(f"The server routed the case to {owner}; {owner} logs in with password and TOTP")
         # The next code: the one used at enrolment is not accepted twice.
         code = pyotp.TOTP(handler.totp_secret).at(int(time.time()) + 30)
-        await login(handler.paths, password=handler.password, code=code)
-        for case in await inbox(handler.paths):
+        if self.net is not None:
+            key, _ = OnionClientKey.load_or_create(handler.paths.onion_key)
+            self._use_handler_tor(str(owner), key)
+        socks = self.socks("handler")
+        await login(handler.paths, password=handler.password, code=code, socks=socks)
+        for case in await inbox(handler.paths, socks=socks):
             out.say(f"inbox: case {case.case_id}  pool {case.pool}  {case.attachments} attachment(s)  {case.status}")
 
         out.step(f"{owner} reads the case on their own machine (decrypted only there)")
         case_dir = handler.paths.vault.parent / f"case-{sent.contact_id}"
-        reading = await read_case(handler.paths, handler.passphrase, sent.contact_id, case_dir)
+        reading = await read_case(handler.paths, handler.passphrase, sent.contact_id, case_dir, socks=socks)
         out.say(f"written to handlers/{owner}/{case_dir.name}/")
         for check in reading.verified:
             out.say(f"verified: {check}")
         out.say(f"the message ({len(reading.contact.message)} characters) and {len(reading.attachments)} attachment(s)")
 
         out.step(f"{owner} replies (sealed to the applicant's reply key, signed by {owner})")
-        posted = await reply(handler.paths, handler.passphrase, sent.contact_id, REPLY_TEXT)
+        posted = await reply(handler.paths, handler.passphrase, sent.contact_id, REPLY_TEXT, socks=socks)
         out.say(f"reply {posted.message_id} stored on the server, sealed")
         return handler
 
     async def applicant_reads_reply(self, sent: SentContact) -> None:
         self.out.step("The applicant checks the mailbox with the codename")
-        async with IntakeClient(self.intake_url) as client:
+        async with IntakeClient(self.intake_url, socks=self.socks("applicant")) as client:
             trusted = await fetch_trusted_directory(client, self.fingerprint, None, int(time.time()))
             replies = await check_mailbox(client, trusted, sent.codename)
         for got in replies:
@@ -431,8 +522,15 @@ class _Demo:
     async def escalate_and_read(self, sent: SentContact, handler: _HandlerLogin) -> None:
         out = self.out
         out.step(f"{handler.paths.vault.stem} escalates the case to the integration service")
-        escalated = await escalate(
-            handler.paths, handler.passphrase, sent.contact_id, NOTE, integration=self.integration_url
+        escalated = await _retry_fresh_onion(
+            lambda: escalate(
+                handler.paths,
+                handler.passphrase,
+                sent.contact_id,
+                NOTE,
+                integration=self.integration_url,
+                socks=self.socks("handler"),
+            )
         )
         out.say(f"package {escalated.package_id}: {escalated.attachments} attachment(s), receipt verified")
 
@@ -485,14 +583,50 @@ class _Demo:
         return found
 
 
-async def run_demo(workdir: Path, message: str, echo: Echo) -> bool:
+T = TypeVar("T")
+#: A fresh onion's descriptor may still be spreading: its first requests are retried this long.
+FRESH_ONION_SECONDS: Final = 90.0
+
+
+async def _retry_fresh_onion(make: Callable[[], Awaitable[T]]) -> T:
+    deadline = time.monotonic() + FRESH_ONION_SECONDS
+    while True:
+        try:
+            return await make()
+        except OnionAuthRequired:
+            raise
+        except ServerUnreachable:
+            if time.monotonic() > deadline:
+                raise
+            await asyncio.sleep(1)
+
+
+async def run_demo(workdir: Path, message: str, echo: Echo, *, tor: bool = False) -> bool:
     """Run the whole flow in ``workdir`` (an empty or new folder); return True when no plaintext was found."""
+    if not tor:
+        return await _run_demo(workdir, message, echo, None)
+    os.umask(0o077)
+    workdir.mkdir(mode=0o700, parents=True, exist_ok=True)
+    echo("Building a private Tor network on loopback (3 directory authorities, a relay, 3 more tors)...")
+    try:
+        net = await asyncio.to_thread(build, workdir / "tornet")
+    except TorNetError as exc:
+        raise DemoFailed(f"the private Tor network did not start: {str(exc).splitlines()[0]}") from None
+    try:
+        echo(f"Tor network ready in {net.bootstrap_seconds:.1f} s; every request below goes over onion services.")
+        return await _run_demo(workdir, message, echo, net)
+    finally:
+        await asyncio.to_thread(net.stop)
+
+
+async def _run_demo(workdir: Path, message: str, echo: Echo, net: TorNet | None) -> bool:
     out = _Steps(echo)
-    echo("Safe Passage: a DEMONSTRATION on this machine (loopback HTTP, SQLite). Nothing here is for real use.")
+    how = "onion services on a private Tor network" if net is not None else "loopback HTTP"
+    echo(f"Safe Passage: a DEMONSTRATION on this machine ({how}, SQLite). Nothing here is for real use.")
     echo(f"Work folder: {workdir}")
     os.umask(0o077)
     workdir.mkdir(mode=0o700, parents=True, exist_ok=True)
-    demo = _Demo(workdir, message, out)
+    demo = _Demo(workdir, message, out, net)
     await demo.found_organisation()
     async with AsyncExitStack() as stack:
         await demo.start_intake_and_staff(stack)
@@ -524,7 +658,8 @@ async def run_demo(workdir: Path, message: str, echo: Echo) -> bool:
     default=None,
     help="The applicant's message (UTF-8 text); a sample message by default.",
 )
-def demo(workdir: Path | None, keep: bool, message_file: Path | None) -> None:
+@click.option("--tor", "use_tor", is_flag=True, help="Run it over onion services on a private Tor network here.")
+def demo(workdir: Path | None, keep: bool, message_file: Path | None, use_tor: bool) -> None:
     """Run the whole flow on this machine (a demonstration: loopback HTTP, SQLite, throwaway keys)."""
     message = DEFAULT_MESSAGE if message_file is None else message_file.read_text(encoding="utf-8").strip()
     if not message:
@@ -539,7 +674,7 @@ def demo(workdir: Path | None, keep: bool, message_file: Path | None) -> None:
         folder = workdir
     clean = False
     try:
-        clean = asyncio.run(run_demo(folder, message, click.echo))
+        clean = asyncio.run(run_demo(folder, message, click.echo, tor=use_tor))
     finally:
         if keep or not made:
             click.echo(f"The work folder is kept: {folder}")

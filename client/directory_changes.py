@@ -184,8 +184,9 @@ def _handler_changes(old: Handler, new: Handler) -> list[str]:
         lines.append(f"    + identity {new.identity_key.fingerprint()}   <- compare with the handler")
     before = {k.key.key_id: k for k in old.intake_keys}
     after = {k.key.key_id: k for k in new.intake_keys}
-    lines += [_intake_line("-", k) for kid, k in before.items() if kid not in after]
-    lines += [_intake_line("+", k) for kid, k in after.items() if kid not in before]
+    # A key whose window (or signature) changed shows as removed and added again.
+    lines += [_intake_line("-", k) for kid, k in before.items() if after.get(kid) != k]
+    lines += [_intake_line("+", k) for kid, k in after.items() if before.get(kid) != k]
     return lines
 
 
@@ -235,13 +236,18 @@ def _describe_handlers(old: Directory | None, new: Directory) -> list[str]:
     return out
 
 
+def _typed(value: PolicyValue | None) -> tuple[str, PolicyValue | None]:
+    # 1 == True in Python: compare the JSON type too, or a change from 1 to true would not show.
+    return type(value).__name__, value
+
+
 def _describe_maps(
     name: str, old: dict[str, str] | dict[str, PolicyValue], new: dict[str, str] | dict[str, PolicyValue]
 ) -> list[str]:
     return [
         f"{name} {key}: {old.get(key)!r} -> {new.get(key)!r}"
         for key in sorted(set(old) | set(new))
-        if old.get(key) != new.get(key)
+        if _typed(old.get(key)) != _typed(new.get(key))
     ]
 
 

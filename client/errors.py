@@ -197,3 +197,27 @@ class DeliveryUncertain(ClientError):
 
     def __repr__(self) -> str:
         return "DeliveryUncertain(<codename>)"
+
+
+class OnionAuthRequired(ServerUnreachable):
+    """The onion service only admits clients with an authorisation key, and this Tor has none for it."""
+
+    hint = (
+        "Install your client key for this address in Tor's ClientOnionAuthDir "
+        "(safepassage handler onion-key --vault V --onion ADDRESS --auth-dir DIR), reload Tor, and try again."
+    )
+
+
+class OnionMismatch(ClientError):
+    """The onion address you reached is not the one the verified directory names."""
+
+    hint = (
+        "Do not use this address. The organisation's signed directory names another one: "
+        "use the address it names (shown above), which the organisation's admins signed."
+    )
+    exit_code = 3
+
+    def __init__(self, detail: str = "", *, moved_to: str | None = None) -> None:
+        super().__init__(detail)
+        #: The address the verified directory names for the role, if it names one.
+        self.moved_to = moved_to

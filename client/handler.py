@@ -32,9 +32,10 @@ import os
 import secrets
 import time
 from collections.abc import AsyncIterator, Callable
+from contextlib import AbstractAsyncContextManager
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Final
+from typing import Final, TypeVar
 
 from safepassage.crypto.directory import Directory, IntakeKey
 from safepassage.crypto.encoding import canonical_json
@@ -78,6 +79,7 @@ from .handler_vault import (
 )
 from .intake_api import IntakeClient
 from .integration_api import IntegrationClient
+from .onion import check_onion
 from .staff_api import CaseDetail, CaseSummary, StaffClient, StaffEnrolment
 from .trust import HeadState, TrustedDirectory, fetch_trusted_directory, normalise_fingerprint
 
@@ -232,17 +234,35 @@ def _check_listed(directory: Directory, keys: HandlerKeys) -> HandlerKeys:
     raise NotListed(f"handler {keys.handler_id} is listed with another identity key")
 
 
+def _check_staff_onion(paths: HandlerPaths, directory: Directory, now: int) -> None:
+    """The staff server of the saved session must be the directory's staff onion (if it is an onion)."""
+    check_onion(SavedSession.load(paths, now=now).staff, directory, "staff")
+
+
+C = TypeVar("C", bound=StaffClient)
+
+
 @contextlib.asynccontextmanager
-async def _staff(paths: HandlerPaths, socks: str | None, now: int | None = None) -> AsyncIterator[StaffClient]:
+async def staff_session(
+    paths: HandlerPaths, socks: str | None, now: int | None, client_type: type[C], role: str
+) -> AsyncIterator[C]:
+    """The staff API with the vault's saved session (of ``role``); a session the server ended is forgotten."""
     session = SavedSession.load(paths, now=now)
+    if session.role != role:
+        raise UsageError(f"the saved session is not a {role}'s")
     try:
-        async with StaffClient(session.staff, socks=socks, token=session.token) as client:
+        client = client_type(session.staff, socks=socks, token=session.token)
+        async with client:
             yield client
     except ServerRefused as exc:
         if exc.status == 401:
             forget_session(paths)
             raise NotLoggedIn("the staff server ended the session") from None
         raise
+
+
+def _staff(paths: HandlerPaths, socks: str | None, now: int | None = None) -> AbstractAsyncContextManager[StaffClient]:
+    return staff_session(paths, socks, now, StaffClient, "handler")
 
 
 @dataclass(frozen=True, slots=True, repr=False)
@@ -542,6 +562,7 @@ async def read_case(
         _, keys = open_handler_vault(paths, passphrase)
         SavedSession.load(paths, now=now)
         trusted = await _trusted(paths, keys.org, intake, socks, now)
+        _check_staff_onion(paths, trusted.directory, now)
         async with _staff(paths, socks, now) as staff:
             source = source_for(paths, staff, case_id)
             case = await _open_case(staff, source, keys, case_id)
@@ -588,6 +609,7 @@ async def reply(
         trusted = await _trusted(paths, keys.org, intake, socks, now)
         # Applicants verify replies against the directory: refuse to send one they would show as forged.
         keys = _check_listed(trusted.directory, keys)
+        _check_staff_onion(paths, trusted.directory, now)
         async with _staff(paths, socks, now) as staff:
             case = await _open_case(staff, source_for(paths, staff, case_id), keys, case_id)
             payload = Reply(case_id, keys.handler_id, message).seal_payload(keys.identity)
@@ -633,6 +655,8 @@ async def escalate(
         directory = trusted.directory
         # The integration service checks our delivery signature against the directory.
         keys = _check_listed(directory, keys)
+        _check_staff_onion(paths, directory, now)
+        check_onion(integration, directory, "integration")
         async with _staff(paths, socks, now) as staff:
             source = source_for(paths, staff, case_id)
             case = await _open_case(staff, source, keys, case_id)

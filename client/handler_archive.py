@@ -13,11 +13,8 @@ an archived case runs the same checks as reading one from the server.
 
 from __future__ import annotations
 
-import os
 import re
-import shutil
 from collections.abc import AsyncIterator
-from contextlib import suppress
 from pathlib import Path
 from typing import Final, Protocol
 
@@ -53,10 +50,6 @@ def case_dir(paths: HandlerPaths, case_id: str) -> Path:
     return paths.archive / _name(case_id)
 
 
-def is_archived(paths: HandlerPaths, case_id: str) -> bool:
-    return (case_dir(paths, case_id) / ENVELOPE).is_file()
-
-
 def _read(path: Path) -> bytes:
     try:
         with open(path, "rb") as f:
@@ -66,27 +59,35 @@ def _read(path: Path) -> bytes:
 
 
 class ArchivedCase:
-    """A case's pieces from ``V.archive/<case>/``, falling back to the server for what came later."""
+    """A case's pieces from ``V.archive/<case>/`` where archived, from the server for the rest."""
 
     def __init__(self, paths: HandlerPaths, staff: StaffClient) -> None:
         self.paths, self.staff = paths, staff
 
+    def _contact_archived(self, case_id: str) -> bool:
+        return (case_dir(self.paths, case_id) / ENVELOPE).is_file()
+
     async def case_envelope(self, case_id: str) -> bytes:
-        return _read(case_dir(self.paths, case_id) / ENVELOPE)
+        if self._contact_archived(case_id):
+            return _read(case_dir(self.paths, case_id) / ENVELOPE)
+        return await self.staff.case_envelope(case_id)
 
     async def attachment_chunk(self, case_id: str, attachment: int, index: int) -> bytes:
-        return _read(case_dir(self.paths, case_id) / f"a{attachment}.{index}")
+        # Chunks come from where the envelope came from: they are bound to its hash.
+        if self._contact_archived(case_id):
+            return _read(case_dir(self.paths, case_id) / f"a{attachment}.{index}")
+        return await self.staff.attachment_chunk(case_id, attachment, index)
 
     async def message_envelope(self, case_id: str, message_id: str) -> bytes:
         local = case_dir(self.paths, case_id) / f"m.{_name(message_id)}"
         if local.is_file():
             return _read(local)
-        # A follow-up that arrived after the archive was made is sealed to a current key.
+        # A follow-up under a key not yet destroyed is read from the server.
         return await self.staff.message_envelope(case_id, message_id)
 
 
 def source_for(paths: HandlerPaths, staff: StaffClient, case_id: str) -> CaseSource:
-    return ArchivedCase(paths, staff) if is_archived(paths, case_id) else staff
+    return ArchivedCase(paths, staff) if case_dir(paths, case_id).is_dir() else staff
 
 
 def sealed_to(envelope: bytes, key_ids: set[KeyId]) -> bool:
@@ -111,6 +112,41 @@ async def _chunks(staff: StaffClient, case_id: str, opened: OpenedEnvelope, atta
         index += 1
 
 
+def _make_folder(paths: HandlerPaths, folder: Path) -> None:
+    # Each level 0700 (mkdir's parents=True would give parents the umask's mode).
+    paths.archive.mkdir(mode=0o700, exist_ok=True)
+    folder.mkdir(mode=0o700, exist_ok=True)
+
+
+async def _archive_contact(
+    folder: Path,
+    staff: StaffClient,
+    detail: CaseDetail,
+    envelope: bytes,
+    keys: tuple[HybridPrivateKey, ...],
+    archive_key: HybridPublicKey,
+) -> None:
+    case_id = detail.case.case_id
+    opened = open_envelope(envelope, keys, expected_purpose=Purpose.CONTACT)
+    local = seal(opened.plaintext, [archive_key], Purpose.CONTACT, min_bucket=opened.header.bucket)
+    for attachment in range(detail.case.attachments):
+        sealer = local.attachment_sealer(attachment)
+        index = 0
+        pending: bytes | None = None
+        # One chunk behind: only at the end is it known which chunk is final.
+        async for data in _chunks(staff, case_id, opened, attachment):
+            if pending is not None:
+                frame = sealer.seal_chunk(pending, final=False)
+                write_private(folder / f"a{attachment}.{index}", frame, replace=True)
+                index += 1
+            pending = data
+        frame = sealer.seal_chunk(pending or b"", final=True)
+        write_private(folder / f"a{attachment}.{index}", frame, replace=True)
+    # The envelope last: its presence says the contact and all its chunks are archived
+    # (a crash before it leaves chunks that the next run rewrites under a new envelope).
+    write_private(folder / ENVELOPE, local.data, replace=True)
+
+
 async def archive_case(
     paths: HandlerPaths,
     staff: StaffClient,
@@ -118,54 +154,33 @@ async def archive_case(
     keys: tuple[HybridPrivateKey, ...],
     archive_key: HybridPublicKey,
     retiring: set[KeyId],
-) -> bool:
-    """Re-seal what of ``detail``'s case is sealed to a ``retiring`` key; ``True`` if anything was written.
+) -> int:
+    """Re-seal every piece of ``detail``'s case sealed to a ``retiring`` key; the number of pieces written.
 
-    Written to a temporary folder and renamed into place, so a crash leaves
-    either the whole archived case or none of it (and the keys are removed
-    from the vault only after every case is archived).
+    The contact and each follow-up are checked separately: a follow-up may be
+    sealed to a later key than its contact. Each piece is written whole or not
+    at all, so a run after a crash finishes what is missing; the keys are
+    removed from the vault only after a run that archived every piece.
     """
     case_id = detail.case.case_id
-    envelope = await staff.case_envelope(case_id)
-    follow_ups = [m for m in detail.messages if m.kind == "follow-up"]
-    if not sealed_to(envelope, retiring) or is_archived(paths, case_id):
-        return False
-    paths.archive.mkdir(mode=0o700, exist_ok=True)
-    target = case_dir(paths, case_id)
-    staging = paths.archive / f".{case_id}.tmp"
-    shutil.rmtree(staging, ignore_errors=True)
-    staging.mkdir(mode=0o700)
-    try:
-        opened = open_envelope(envelope, keys, expected_purpose=Purpose.CONTACT)
-        local = seal(opened.plaintext, [archive_key], Purpose.CONTACT, min_bucket=opened.header.bucket)
-        write_private(staging / ENVELOPE, local.data, replace=False)
-        for attachment in range(detail.case.attachments):
-            sealer = local.attachment_sealer(attachment)
-            index = 0
-            pending: bytes | None = None
-            async for data in _chunks(staff, case_id, opened, attachment):
-                if pending is not None:
-                    write_private(
-                        staging / f"a{attachment}.{index}", sealer.seal_chunk(pending, final=False), replace=False
-                    )
-                    index += 1
-                pending = data
-            write_private(
-                staging / f"a{attachment}.{index}", sealer.seal_chunk(pending or b"", final=True), replace=False
-            )
-        for message in follow_ups:
-            sealed = await staff.message_envelope(case_id, message.message_id)
-            if not sealed_to(sealed, retiring):
-                continue
-            plain = open_envelope(sealed, keys, expected_purpose=Purpose.FOLLOW_UP)
-            again = seal(plain.plaintext, [archive_key], Purpose.FOLLOW_UP, min_bucket=plain.header.bucket)
-            write_private(staging / f"m.{_name(message.message_id)}", again.data, replace=False)
-        os.replace(staging, target)
-    except BaseException:
-        shutil.rmtree(staging, ignore_errors=True)
-        raise
-    with suppress(OSError):
-        fd = os.open(paths.archive, os.O_RDONLY | os.O_DIRECTORY)
-        os.fsync(fd)
-        os.close(fd)
-    return True
+    folder = case_dir(paths, case_id)
+    written = 0
+    if not (folder / ENVELOPE).is_file():
+        envelope = await staff.case_envelope(case_id)
+        if sealed_to(envelope, retiring):
+            _make_folder(paths, folder)
+            await _archive_contact(folder, staff, detail, envelope, keys, archive_key)
+            written += 1
+    for message in (m for m in detail.messages if m.kind == "follow-up"):
+        target = folder / f"m.{_name(message.message_id)}"
+        if target.is_file():
+            continue
+        sealed = await staff.message_envelope(case_id, message.message_id)
+        if not sealed_to(sealed, retiring):
+            continue
+        plain = open_envelope(sealed, keys, expected_purpose=Purpose.FOLLOW_UP)
+        again = seal(plain.plaintext, [archive_key], Purpose.FOLLOW_UP, min_bucket=plain.header.bucket)
+        _make_folder(paths, folder)
+        write_private(target, again.data, replace=True)
+        written += 1
+    return written

@@ -42,6 +42,7 @@ from .handler import (
 )
 from .handler_rotate import rotate
 from .handler_vault import HandlerPaths
+from .onion import OnionClientKey
 from .staff_api import CASE_STATUSES, CaseSummary, StaffEnrolment
 
 T = TypeVar("T")
@@ -507,3 +508,30 @@ def escalate_command(
 
 
 __all__ = ["handler"]
+
+
+@handler.command("onion-key")
+@_vault
+@click.option("--onion", metavar="ADDRESS", help="Install the key for this onion (the staff or integration address).")
+@click.option(
+    "--auth-dir",
+    type=click.Path(file_okay=False, path_type=Path),
+    metavar="DIR",
+    help="Your Tor's ClientOnionAuthDir (e.g. /var/lib/tor/onion-auth); needed with --onion.",
+)
+def onion_key_command(vault: Path, onion: str | None, auth_dir: Path | None) -> None:
+    """Create (once) your Tor client key; print its public half; install it for an onion."""
+    if (onion is None) != (auth_dir is None):
+        raise UsageError("--onion and --auth-dir go together")
+    paths = HandlerPaths(vault)
+    if not paths.vault.parent.is_dir():
+        raise UsageError("the vault's folder does not exist")
+    key, new = OnionClientKey.load_or_create(paths.onion_key)
+    if new:
+        click.echo(f"Created {paths.onion_key} (keep it with your vault).")
+    click.echo("Your Tor client key (give it to the admin who invites you; it is public):")
+    click.echo(f"  {key.public_base32()}")
+    if onion is not None and auth_dir is not None:
+        name = "safepassage-" + onion.removesuffix(".onion")[:16]
+        path = key.install(auth_dir, onion, name)
+        click.echo(f"Installed {path}; reload your Tor (systemctl reload tor, or SIGHUP) to use it.")

@@ -13,7 +13,7 @@ from __future__ import annotations
 
 from dataclasses import dataclass
 
-from safepassage.crypto.directory import Directory, IntakeKey
+from safepassage.crypto.directory import KEY_DESTRUCTION_GRACE, Directory, IntakeKey
 from safepassage.crypto.encoding import canonical_json
 from safepassage.crypto.keys import HybridPrivateKey, KeyId, SigningKey, VerifyKey
 from safepassage.crypto.privatefile import write_private
@@ -113,7 +113,8 @@ async def rotate(
             )
             held_new = HeldIntakeKey(private, made)
             contents = contents.with_entry(held_new.vault_name, held_new.to_bytes())
-        retiring = [k for k in keys.intake if k.entry.not_after <= now]
+        # Destroyed only after a grace period the server knows too (late uploads, clock skew).
+        retiring = [k for k in keys.intake if k.entry.not_after + KEY_DESTRUCTION_GRACE <= now]
         archive = keys.archive
         if retiring and archive is None:
             archive = HybridPrivateKey.generate()
@@ -131,7 +132,7 @@ async def rotate(
                 for case in await inbox(paths, socks=socks):
                     detail = await staff.get_case(case.case_id)
                     if await archive_case(paths, staff, detail, keys.opening_keys, archive.public_key, ids):
-                        archived += 1
+                        archived += 1  # cases with at least one piece re-sealed in this run
             for held in retiring:
                 contents = contents.without(held.vault_name)
             # Only now, with every case re-sealed to the archive key, do the old keys go.

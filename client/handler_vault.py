@@ -136,6 +136,11 @@ class HandlerPaths:
         """Cases re-sealed to the local archive key when an intake key is destroyed (0700)."""
         return self.vault.with_name(self.vault.name + ".archive")
 
+    @property
+    def onion_key(self) -> Path:
+        """The Tor client authorisation key for the staff and integration onions (client/onion.py)."""
+        return self.vault.with_name(self.vault.name + ".onion-key")
+
 
 @contextlib.contextmanager
 def vault_lock(paths: HandlerPaths) -> Iterator[None]:

@@ -41,6 +41,7 @@ from .errors import (
     TorUnreachable,
     UsageError,
 )
+from .onion import proxy_failure
 from .wire import (
     ID,
     MAX_LOG_PAGE,
@@ -175,6 +176,11 @@ class IntakeClient:
         via = f"socks {self._proxy.host}:{self._proxy.port}" if self._proxy else "direct"
         return f"IntakeClient({self._base.host}, {via})"
 
+    @property
+    def base(self) -> URL:
+        """The API root this client talks to (its host is what :func:`check_onion` compares)."""
+        return self._base
+
     async def __aenter__(self) -> IntakeClient:
         connector: aiohttp.BaseConnector
         if self._proxy is not None:
@@ -252,7 +258,7 @@ class IntakeClient:
         except aiohttp_socks.ProxyConnectionError as exc:
             raise TorUnreachable() from exc
         except aiohttp_socks.ProxyError as exc:
-            raise ServerUnreachable(f"the Tor proxy reported error {exc.error_code}") from exc
+            raise proxy_failure(exc.error_code, str(exc)) from exc
         except (TimeoutError, aiohttp_socks.ProxyTimeoutError) as exc:
             raise ServerUnreachable("timed out") from exc
         except aiohttp.ClientConnectorError as exc:

@@ -27,7 +27,7 @@ from safepassage.crypto.vault import MIN_PASSPHRASE_CHARS, Passphrase
 from safepassage.server.db.engine import Store, make_engine
 from safepassage.server.integration import create_integration_app, migrate
 from safepassage.server.integration.bootstrap import init_data_dir, plan_init
-from safepassage.server.integration.config import load_integration_config
+from safepassage.server.integration.config import load_integration_config, publish_integration_onion
 from safepassage.server.integration.directory import IntakeDirectorySource
 from safepassage.server.integration.keys import add_encryption_key, load_signing_key, open_officer_keys
 from safepassage.server.integration.models import Package
@@ -162,7 +162,10 @@ def run(data_dir: Path, host: str | None, port: int | None) -> None:
     logging.getLogger("aiohttp.server").setLevel(logging.CRITICAL)
     logging.getLogger("aiohttp.access").setLevel(logging.CRITICAL)
     click.echo(f"Serving on http://{config.host}:{config.port}", err=True)
-    web.run_app(create_integration_app(config), host=config.host, port=config.port, access_log=None, print=None)
+    app = create_integration_app(config)
+    if config.tor_control:
+        publish_integration_onion(app, config)
+    web.run_app(app, host=config.host, port=config.port, access_log=None, print=None)
 
 
 @integration.command()

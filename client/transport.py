@@ -37,6 +37,7 @@ from .intake_api import (
     _is_loopback,
     _read_bounded,
 )
+from .onion import proxy_failure
 from .wire import parse_json, refusal
 
 Want = Literal["json", "bytes", "empty"]
@@ -171,7 +172,7 @@ def _network_errors() -> Iterator[None]:
     except aiohttp_socks.ProxyConnectionError as exc:
         raise TorUnreachable() from exc
     except aiohttp_socks.ProxyError as exc:
-        raise ServerUnreachable(f"the Tor proxy reported error {exc.error_code}") from exc
+        raise proxy_failure(exc.error_code, str(exc)) from exc
     except (TimeoutError, aiohttp_socks.ProxyTimeoutError) as exc:
         raise ServerUnreachable("timed out") from exc
     except aiohttp.ClientConnectorError as exc:

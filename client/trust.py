@@ -64,6 +64,7 @@ from safepassage.crypto.translog import (
 
 from .errors import HeadStateError, NotLatestDirectory, ProtocolViolation, ResponseTooLarge, StaleTreeHead, UsageError
 from .intake_api import LIMIT_LOG, MAX_LOG_PAGE, IntakeClient
+from .onion import check_onion
 
 STATE_TYPE: Final = "safepassage/client-state/v1"
 #: The client refuses a longer log: at one directory version a week that is
@@ -323,6 +324,8 @@ async def fetch_trusted_directory(
     if max_head_age is not None and now - head.timestamp > max_head_age:
         raise StaleTreeHead(f"made {now - head.timestamp} seconds ago")
 
+    # The onion we reached must be the one the organisation signed (a phished or moved address stops here).
+    check_onion(client.base, walk.directory, "public")
     new_state = HeadState(org=org, head=head, version=walk.directory.version, leaves=tuple(walk.leaves))
     return TrustedDirectory(directory=walk.directory, head=signed_head, index=answer.index, state=new_state)
 

@@ -51,6 +51,8 @@ __all__ = [
     "aead_seal",
     "argon2id",
     "constant_time_equal",
+    "ed25519_expanded_from_seed",
+    "ed25519_public_from_expanded",
     "ed25519_public_from_seed",
     "ed25519_sign",
     "ed25519_verify",
@@ -182,6 +184,25 @@ def ed25519_public_from_seed(seed: bytes) -> bytes:
     _check_len(seed, ED25519_SEED_LEN, "ed25519 seed")
     public, _ = _sodium.crypto_sign_seed_keypair(seed)
     return bytes(public)
+
+
+def ed25519_expanded_from_seed(seed: bytes) -> bytes:
+    """The 64-byte expanded secret (clamped scalar || nonce prefix), as Tor stores onion keys."""
+    _check_len(seed, ED25519_SEED_LEN, "ed25519 seed")
+    h = bytearray(hashlib.sha512(seed).digest())
+    h[0] &= 248
+    h[31] &= 127
+    h[31] |= 64
+    return bytes(h)
+
+
+def ed25519_public_from_expanded(expanded: bytes) -> bytes:
+    """The public key of an expanded secret (its first half is the already clamped scalar)."""
+    _check_len(expanded, 2 * ED25519_SEED_LEN, "ed25519 expanded secret")
+    try:
+        return bytes(_sodium.crypto_scalarmult_ed25519_base_noclamp(expanded[:32]))
+    except _nacl_exc.RuntimeError as exc:
+        raise MalformedInput("ed25519 expanded secret") from exc
 
 
 def ed25519_sign(seed: bytes, message: bytes) -> bytes:

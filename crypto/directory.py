@@ -55,6 +55,10 @@ from .threshold import KeySet, Signature, signatures_from_json
 DIRECTORY_TYPE: Final = "safepassage/directory/v1"
 INTAKE_TYPE: Final = "safepassage/intake-key/v1"
 MAX_DIRECTORY_BYTES: Final = 4 * 1024 * 1024
+#: A handler client destroys an intake private key this long after its window ends
+#: (protocol 19.3): late uploads under it (the upload window is a day) and clock skew
+#: still find the key, and the server knows until when a handler can read a contact.
+KEY_DESTRUCTION_GRACE: Final = 2 * 86400
 MAX_POOLS: Final = 64
 MAX_HANDLERS: Final = 512
 MAX_INTAKE_KEYS: Final = 4

@@ -7,8 +7,6 @@ client and much about an applicant's timing.
 
 from __future__ import annotations
 
-import asyncio
-import contextlib
 import logging
 import time
 from collections.abc import AsyncIterator
@@ -27,6 +25,7 @@ from .db.models import Contact, Mailbox, MailboxNonce, SpentChallenge
 from .errors import ApiError, error_middleware
 from .inputs import BODY_BUDGET, BodyBudget, body_budget_middleware
 from .keys import load_keys
+from .periodic import Job, running
 from .retention import RetentionSchedule
 from .security import add_security_headers
 from .web.setup import setup_pages
@@ -70,32 +69,20 @@ def _directory_or_none(app: Intake) -> Directory | None:
         return None
 
 
-async def _housekeeping_loop(app: Intake) -> None:
+def _jobs(app: Intake) -> list[Job]:
     retention = RetentionSchedule()
-    while True:
-        await asyncio.sleep(HOUSEKEEPING_SECONDS)
-        try:
-            # The counts are not logged: a log line every 30 s with numbers of
-            # expired challenges and mailbox checks would be a timeline of
-            # applicant activity.
-            await housekeeping(app)
-        except Exception as exc:  # a failed round must not stop the next one
-            log.error("housekeeping failed: %s", type(exc).__name__)
-        try:
-            await retention.tick(app.store, _directory_or_none(app), app.keys.receipt, time.time())
-        except Exception as exc:  # nor may a failed retention run (it is retried next hour)
-            log.error("retention failed: %s", type(exc).__name__)
 
+    async def retain() -> None:
+        # At most hourly (the schedule decides); a failed run is retried next hour.
+        await retention.tick(app.store, _directory_or_none(app), app.keys.receipt, time.time())
 
-async def _directory_watch(app: Intake) -> None:
-    # A directory published elsewhere (the staff app, another front end) must
-    # take effect within seconds: it may revoke a handler.
-    while True:
-        await asyncio.sleep(DIRECTORY_WATCH_SECONDS)
-        try:
-            await app.refresh_if_changed()
-        except Exception as exc:  # a failed check must not stop the next one
-            log.error("directory check failed: %s", type(exc).__name__)
+    return [
+        Job("housekeeping", HOUSEKEEPING_SECONDS, lambda: housekeeping(app)),
+        Job("retention", HOUSEKEEPING_SECONDS, retain),
+        # A directory published elsewhere (the staff app, another front end) must
+        # take effect within seconds: it may revoke a handler.
+        Job("directory check", DIRECTORY_WATCH_SECONDS, app.refresh_if_changed),
+    ]
 
 
 def quiet_aiohttp_logs() -> None:
@@ -121,12 +108,8 @@ def create_app(config: ServerConfig, *, store: Store | None = None) -> web.Appli
         state = Intake.create(config, load_keys(config.keys_dir), active)
         await state.refresh()
         app[INTAKE] = state
-        tasks = [asyncio.create_task(_housekeeping_loop(state)), asyncio.create_task(_directory_watch(state))]
-        yield
-        for task in tasks:
-            task.cancel()
-            with contextlib.suppress(asyncio.CancelledError):
-                await task
+        async with running(_jobs(state)):
+            yield
         if own_store:
             await active.close()
 

@@ -9,6 +9,7 @@ import os
 import secrets
 import shutil
 import sys
+import time
 from dataclasses import replace
 from pathlib import Path
 
@@ -18,8 +19,11 @@ from aiohttp import web
 from safepassage.crypto.directory import SignedDirectory
 from safepassage.crypto.encoding import b64e
 from safepassage.crypto.errors import SafePassageError
+from safepassage.crypto.vault import Passphrase
 
+from . import tor
 from .app import create_app
+from .backup import make_backup, restore_backup
 from .config import ServerConfig, load_config, write_config
 from .db import migrate
 from .db.engine import Store, make_engine
@@ -146,7 +150,10 @@ def run(data_dir: Path, host: str | None, port: int | None) -> None:
     load_keys(config.keys_dir)  # fail now, with a clear error, rather than on first request
     logging.basicConfig(level=logging.INFO, stream=sys.stderr, format="%(levelname)s %(name)s: %(message)s")
     click.echo(f"Serving on http://{config.host}:{config.port}", err=True)
-    web.run_app(create_app(config), host=config.host, port=config.port, access_log=None, print=None)
+    app = create_app(config)
+    if config.tor_control:
+        publish_public_onion(app, config)
+    web.run_app(app, host=config.host, port=config.port, access_log=None, print=None)
 
 
 class NothingPublished(SafePassageError):
@@ -188,3 +195,94 @@ def retention_cmd(data_dir: Path, dry_run: bool, vacuum_full: bool) -> None:
     counts = asyncio.run(run())
     verb = "Would delete" if dry_run else "Deleted"
     click.echo(f"{verb} {counts.describe()}.")
+
+
+def publish_public_onion(app: web.Application, config: ServerConfig) -> None:
+    """Publish the applicants' onion (PoW defence per config) while ``app`` runs (key: keys/onion-public.key)."""
+    spec = tor.public_spec(
+        config.onion_key_path("public"),
+        config.host,
+        config.port,
+        pow_defense=bool(config.onion_pow),
+        queue_rate=config.onion_pow_queue_rate,
+        queue_burst=config.onion_pow_queue_burst,
+    )
+    settings = tor.TorSettings(
+        config.tor_control, config.tor_control_password_file, config.data_dir, config.tor_health_seconds
+    )
+    tor.attach(app, settings, [spec])
+
+
+def _backup_passphrase(path: Path | None, *, new: bool) -> Passphrase:
+    if path is not None:
+        return Passphrase(path.read_text(encoding="utf-8").removesuffix("\n"))
+    return Passphrase(click.prompt("Backup passphrase", hide_input=True, confirmation_prompt=new, err=True))
+
+
+@server.command()
+@DATA
+@click.option("--out", required=True, type=click.Path(file_okay=False, path_type=Path), help="A new folder.")
+@click.option("--passphrase-file", type=click.Path(dir_okay=False, path_type=Path), help="Read the passphrase here.")
+def backup(data_dir: Path, out: Path, passphrase_file: Path | None) -> None:
+    """Back up config, keys (sealed under a passphrase) and the database into a new folder."""
+    os.umask(0o077)
+    summary = make_backup(data_dir, out, _backup_passphrase(passphrase_file, new=True))
+    click.echo(f"Backed up {summary.secrets} secret file(s) and the database ({summary.database}) into {out}.")
+    click.echo("Keep the passphrase apart from the backup; without it the keys cannot be restored.")
+
+
+@server.command()
+@click.option("--backup", "folder", required=True, type=click.Path(exists=True, file_okay=False, path_type=Path))
+@DATA
+@click.option("--database-url", default="", help="For a PostgreSQL backup: an empty database to restore into.")
+@click.option("--passphrase-file", type=click.Path(dir_okay=False, path_type=Path), help="Read the passphrase here.")
+def restore(folder: Path, data_dir: Path, database_url: str, passphrase_file: Path | None) -> None:
+    """Recreate a data folder (new or empty) from a backup made by 'server backup'."""
+    os.umask(0o077)
+    count = restore_backup(folder, data_dir, _backup_passphrase(passphrase_file, new=False), database_url=database_url)
+    click.echo(f"Restored {count} secret file(s) and the database into {data_dir}.")
+    click.echo("Then: safepassage server migrate --data DIR (if the software is newer), and start the services.")
+
+
+ROLE = click.option(
+    "--role",
+    type=click.Choice(tor.ROLES),
+    required=True,
+    help="public or staff (DATA is the server's folder), integration (DATA is the integration service's).",
+)
+
+
+def _onion_key_path(data_dir: Path, role: str) -> Path:
+    # Only DATA/keys is used, so the same command serves the integration service's folder.
+    return data_dir / "keys" / f"onion-{role}.key"
+
+
+@server.command(name="onion-address")
+@DATA
+@ROLE
+def onion_address(data_dir: Path, role: str) -> None:
+    """Print the role's onion addresses (current, and during a rotation next and retired), read from the keys."""
+    addresses = tor.onion_addresses(_onion_key_path(data_dir, role), time.time())
+    if not addresses:
+        raise tor.RotationError("no onion key yet: it is made when the service first publishes")
+    for label, address in addresses.items():
+        click.echo(f"{label}: {address}")
+
+
+@server.command(name="onion-rotate")
+@DATA
+@ROLE
+@click.option("--finish", is_flag=True, help="Make the next address current (after the admins signed it).")
+@click.option("--grace-hours", default=24 * 7, type=int, show_default=True, help="How long the old address stays up.")
+def onion_rotate(data_dir: Path, role: str, finish: bool, grace_hours: int) -> None:
+    """Rotate an onion address: first a next key (published beside the current one), then --finish."""
+    os.umask(0o077)
+    key_path = _onion_key_path(data_dir, role)
+    if not finish:
+        key = tor.start_rotation(key_path)
+        click.echo(f"Next {role} address: {key.address()}")
+        click.echo("It is published beside the current one at the next health check. Have the admins sign a")
+        click.echo("directory naming it, publish that, then run this command again with --finish.")
+        return
+    old, new = tor.finish_rotation(key_path, grace_seconds=grace_hours * 3600, now=time.time())
+    click.echo(f"{new} is now the {role} address; {old} stays up for {grace_hours} hours, then its key is destroyed.")

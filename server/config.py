@@ -18,6 +18,8 @@ from typing import Any, ClassVar, Final, Protocol, Self, TypeVar
 from safepassage.crypto import pow as W
 from safepassage.crypto.errors import SafePassageError
 
+from .tor import TorError, validate_control
+
 MiB: Final = 1024 * 1024
 CONFIG_FILE: Final = "config.toml"
 DB_FILE: Final = "safepassage.db"
@@ -79,6 +81,18 @@ class ServerConfig:
     web_max_upload_bytes: int = 32 * MiB
     #: Codename derivations (contacts, reads, follow-ups) the web pages do per minute, all clients together.
     web_sealing_per_minute: int = 30
+    #: How this process reaches tor to publish its onion (server/tor.py): "" publishes nothing
+    #: (a torrc HiddenService does it), "launch" starts a private tor under DATA/tor,
+    #: "127.0.0.1:9051" or "unix:/run/tor/control" uses a running tor (cookie or password).
+    tor_control: str = ""
+    #: A 0600 file holding tor's control password, when tor wants one instead of its cookie.
+    tor_control_password_file: str = ""
+    #: Tor's onion-service proof-of-work defence on the public onion (1 on, 0 off) and its queue.
+    onion_pow: int = 1
+    onion_pow_queue_rate: int = 250
+    onion_pow_queue_burst: int = 2500
+    #: Seconds between checks that tor still publishes our onions (and the staff clients are current).
+    tor_health_seconds: int = 30
 
     @property
     def db_path(self) -> Path:
@@ -91,6 +105,14 @@ class ServerConfig:
     @property
     def url(self) -> str:
         return self.database_url or f"sqlite+aiosqlite:///{self.db_path}"
+
+    @property
+    def onion_clients_dir(self) -> Path:
+        """Staff onion client keys, one ``<username>.auth`` file each (tor's format)."""
+        return self.data_dir / "onion-clients"
+
+    def onion_key_path(self, role: str) -> Path:
+        return self.keys_dir / f"onion-{role}.key"
 
     def validate(self) -> ServerConfig:
         if self.org_fingerprint and not _FINGERPRINT.fullmatch(self.org_fingerprint):
@@ -123,6 +145,9 @@ class ServerConfig:
             raise ConfigError("limits and windows must be positive")
         if self.witness_keys and not _WITNESS_KEYS.fullmatch(self.witness_keys):
             raise ConfigError("witness_keys must be comma-separated base64url Ed25519 public keys")
+        check_tor_settings(self.tor_control, self.onion_pow, self.onion_pow_queue_rate, self.onion_pow_queue_burst)
+        if not 1 <= self.tor_health_seconds <= 3600:
+            raise ConfigError("tor_health_seconds must be 1 to 3600")
         return self
 
     def _validate_web(self) -> None:
@@ -135,6 +160,17 @@ class ServerConfig:
 
 
 _WITNESS_KEYS = re.compile(r"[A-Za-z0-9_-]{43}(,[A-Za-z0-9_-]{43}){0,31}")
+
+
+def check_tor_settings(control: str, pow_on: int, rate: int, burst: int) -> None:
+    try:
+        validate_control(control)
+    except TorError as exc:
+        raise ConfigError(exc.message) from None
+    if pow_on not in (0, 1):
+        raise ConfigError("onion_pow must be 0 or 1")
+    if not 1 <= rate <= burst <= 10_000_000:
+        raise ConfigError("onion_pow_queue_rate must be positive and at most onion_pow_queue_burst")
 
 
 def _coerce(name: str, raw: Any, kind: type) -> Any:

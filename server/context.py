@@ -8,18 +8,19 @@ from dataclasses import dataclass, field
 from aiohttp import web
 from sqlalchemy import select
 
-from safepassage.crypto.encoding import b64d
+from safepassage.crypto.encoding import b64d, canonical_json
 from safepassage.crypto.keys import VerifyKey
 
 from .config import ServerConfig
 from .db.engine import Store
 from .db.models import LogEntry
-from .directory_store import Published, load_published, published_size
+from .directory_store import Published, load_published, published_marker
 from .errors import ApiError
 from .keys import ServerKeys, UnknownReceiptKey, promote_receipt_key
 from .limits import PowDifficulty, RateLimiter
 
 log = logging.getLogger("safepassage.server")
+COSIGNATURES_PER_MINUTE = 120
 
 
 @dataclass
@@ -33,6 +34,8 @@ class Intake:
     difficulty: PowDifficulty
     #: Witnesses whose cosignatures this server keeps (configuration ``witness_keys``).
     witness_keys: tuple[VerifyKey, ...] = ()
+    #: Cosignature posts per minute (each a write): a handful of witnesses need a few.
+    cosign_limit: RateLimiter = field(default_factory=lambda: RateLimiter(COSIGNATURES_PER_MINUTE, "cosignatures"))
     #: Nonces whose work is being checked right now (SQLite: their spent mark is not committed yet).
     pow_in_flight: set[bytes] = field(default_factory=set, repr=False)
     _published: Published | None = field(default=None, repr=False)
@@ -72,9 +75,13 @@ class Intake:
                     log.error("the published directory names a receipt key this server does not hold")
 
     async def refresh_if_changed(self) -> None:
-        """Reload when the log grew: admins publish through the staff app, another process."""
-        current = self._published.head.head.size if self._published is not None else 0
-        if await published_size(self.store) != current:
+        """Reload when the served head changed (a publication, a cosignature) or a key rotation is unfinished."""
+        published = self._published
+        current = (
+            (published.head.head.size, canonical_json(published.head.to_json())) if published is not None else (0, b"")
+        )
+        stale_key = published is not None and published.directory.receipt_key != self.keys.receipt.verify_key
+        if stale_key or await published_marker(self.store) != current:
             await self.refresh()
 
     async def log_entries(self, start: int, end: int) -> list[bytes]:

@@ -10,9 +10,10 @@ at publication, not as every applicant's client failing.
 
 from __future__ import annotations
 
+import time
 from dataclasses import dataclass
 
-from sqlalchemy import delete, func, select, text, update
+from sqlalchemy import delete, select, text, update
 from sqlalchemy.ext.asyncio import AsyncSession
 
 from safepassage.crypto.directory import Directory, SignedDirectory, verify_genesis, verify_successor
@@ -74,10 +75,15 @@ async def load_in(session: AsyncSession, *, for_update: bool = False) -> Publish
     return Published(signed, last.entry, last.index, log, parse_signed_head(head_row.signed_head))
 
 
-async def published_size(store: Store) -> int:
-    """The size of the newest tree head: a cheap way to notice another process published."""
+async def published_marker(store: Store) -> tuple[int, bytes]:
+    """The newest head's size and bytes: a cheap way to notice another process published or a witness cosigned."""
     async with store.read() as session:
-        return int(await session.scalar(select(func.max(TreeHeadRecord.size))) or 0)
+        row = (
+            await session.execute(
+                select(TreeHeadRecord.size, TreeHeadRecord.signed_head).order_by(TreeHeadRecord.size.desc()).limit(1)
+            )
+        ).first()
+    return (row.size, row.signed_head) if row is not None else (0, b"")
 
 
 async def load_published(store: Store) -> Published | None:
@@ -143,6 +149,7 @@ async def publish_in(
     org_fingerprint: str,
     receipt_key: VerifyKey,
     next_receipt_key: VerifyKey | None = None,
+    now: int | None = None,
 ) -> Effects:
     """Append ``signed`` to the log and serve ``head`` within ``session``'s transaction.
 
@@ -169,7 +176,8 @@ async def publish_in(
     if removed:
         result = await session.execute(delete(StaffSession).where(StaffSession.username.in_(removed)))
         ended = result.rowcount  # type: ignore[attr-defined]
-    moved = await reassign_orphaned_cases(session, directory, await log_entries(session))
+    when = int(time.time()) if now is None else now
+    moved = await reassign_orphaned_cases(session, directory, await log_entries(session), when)
     # Every proposal built on an older version can never be published now.
     await session.execute(
         update(DirectoryProposal)

@@ -131,14 +131,23 @@ def promote_receipt_key(keys_dir: Path, keys: ServerKeys, wanted: VerifyKey) -> 
     """
     if keys.receipt.verify_key == wanted:
         return keys
-    current = SigningKey.from_seed_bytes(read_private(keys_dir / RECEIPT_KEY_FILE, max_len=64, what="the receipt key"))
-    if current.verify_key != wanted:
+    for _ in range(2):
+        current = _read_receipt(keys_dir)
+        if current.verify_key == wanted:
+            return replace(keys, receipt=current)
         waiting = load_next_receipt_key(keys_dir)
-        if waiting is None or waiting.verify_key != wanted:
-            raise UnknownReceiptKey()
-        os.replace(keys_dir / RECEIPT_NEXT_FILE, keys_dir / RECEIPT_KEY_FILE)
-        current = waiting
-    return replace(keys, receipt=current)
+        if waiting is not None and waiting.verify_key == wanted:
+            try:
+                os.replace(keys_dir / RECEIPT_NEXT_FILE, keys_dir / RECEIPT_KEY_FILE)
+            except FileNotFoundError:
+                continue  # another process promoted it between the two reads: read receipt.key again
+            return replace(keys, receipt=waiting)
+        # The next key may have just been promoted by another process: one more look.
+    raise UnknownReceiptKey()
+
+
+def _read_receipt(keys_dir: Path) -> SigningKey:
+    return SigningKey.from_seed_bytes(read_private(keys_dir / RECEIPT_KEY_FILE, max_len=64, what="the receipt key"))
 
 
 class UnknownReceiptKey(SafePassageError):

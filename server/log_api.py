@@ -94,10 +94,17 @@ async def add_cosignature(request: web.Request) -> web.Response:
     app = intake_of(request)
     if not app.witness_keys:
         raise ApiError(404, "no_witnesses", "This server is configured with no witnesses.")
+    app.cosign_limit.hit()
     size, sig = _body(await read_json(request, ("size", "signature"), limit=MAX_BODY))
     witness = next((k for k in app.witness_keys if k.key_id == sig.key_id), None)
     if witness is None:
         raise ApiError(422, "unknown_witness", "That key is not one of this server's witnesses.")
+    published = app.published()
+    if size > published.log.size:
+        raise ApiError(404, "no_such_head", "No tree head of that size was published.")
+    if size == published.head.head.size and sig in published.head.witness_signatures:
+        # A replay of what is stored already: answered without a write.
+        return web.json_response({"size": size, "witness_signatures": len(published.head.witness_signatures)})
     async with app.store.write() as session:
         row = await session.get(TreeHeadRecord, size, with_for_update=True)
         if row is None:

@@ -19,7 +19,7 @@ from sqlalchemy import func, select, update
 from sqlalchemy.ext.asyncio import AsyncSession
 from sqlalchemy.orm import Session
 
-from safepassage.crypto.directory import Directory, SignedDirectory
+from safepassage.crypto.directory import KEY_DESTRUCTION_GRACE, Directory, SignedDirectory
 from safepassage.crypto.envelope import parse_header
 from safepassage.crypto.errors import SafePassageError
 
@@ -53,23 +53,32 @@ def choose_owner_sync(session: Session, pool: str, candidates: Sequence[str]) ->
     return _fewest(session.execute(_open_cases(pool)).all(), candidates)
 
 
-def key_owners(entries: Iterable[bytes]) -> dict[bytes, str]:
-    """Intake key id -> handler id, over every directory in the log."""
-    owners: dict[bytes, str] = {}
+def key_owners(entries: Iterable[bytes]) -> dict[bytes, tuple[str, int]]:
+    """Intake key id -> (handler id, end of its window), over every directory in the log."""
+    owners: dict[bytes, tuple[str, int]] = {}
     for entry in entries:
         for handler in SignedDirectory.from_bytes(entry).directory.handlers:
             for key in handler.intake_keys:
-                owners[key.key.key_id.raw] = handler.handler_id
+                owners[key.key.key_id.raw] = (handler.handler_id, key.not_after)
     return owners
 
 
-def readers_of(envelope: bytes, owners: dict[bytes, str]) -> frozenset[str]:
-    """The handlers an envelope was sealed to (by its header's key ids)."""
+def readers_of(envelope: bytes, owners: dict[bytes, tuple[str, int]], now: int) -> frozenset[str]:
+    """The handlers an envelope was sealed to (by its header's key ids) that still hold that key.
+
+    A handler client destroys an intake key ``KEY_DESTRUCTION_GRACE`` after its
+    window ends (protocol 19.3); only the case's owner keeps a readable copy, in
+    its own archive. Past that point nobody else can open the contact.
+    """
     try:
         header = parse_header(envelope)
     except SafePassageError:
         return frozenset()
-    return frozenset(owners[kid.raw] for kid in header.recipients if kid.raw in owners)
+    return frozenset(
+        owners[kid.raw][0]
+        for kid in header.recipients
+        if kid.raw in owners and owners[kid.raw][1] + KEY_DESTRUCTION_GRACE > now
+    )
 
 
 @dataclass(frozen=True, slots=True)
@@ -80,13 +89,14 @@ class Reassignment:
 
 
 async def reassign_orphaned_cases(
-    session: AsyncSession, directory: Directory, entries: Sequence[bytes]
+    session: AsyncSession, directory: Directory, entries: Sequence[bytes], now: int
 ) -> Reassignment:
     """Move every open case whose owner is no longer a handler of its pool to one who can read it."""
     members = {pool.name: {h.handler_id for h in directory.pool_handlers(pool.name)} for pool in directory.pools}
+    # Routing columns first; an envelope (up to 1 MiB) is read only for a case that must move.
     rows = (
         await session.execute(
-            select(Contact.id, Contact.pool, Contact.owner, Contact.envelope).where(
+            select(Contact.id, Contact.pool, Contact.owner).where(
                 Contact.state == "complete", Contact.status.in_(OPEN_STATUSES)
             )
         )
@@ -97,7 +107,8 @@ async def reassign_orphaned_cases(
     owners = key_owners(entries)
     moved = stranded = 0
     for row in orphaned:
-        candidates = sorted(readers_of(row.envelope, owners) & members.get(row.pool, set()))
+        envelope = await session.scalar(select(Contact.envelope).where(Contact.id == row.id))
+        candidates = sorted(readers_of(envelope or b"", owners, now) & members.get(row.pool, set()))
         if not candidates:
             stranded += 1
             continue

@@ -16,6 +16,7 @@ from .deployment import database_url, deployment  # noqa: F401
 from .integration_service import integration, start_service  # noqa: F401
 from .pg import pg_server  # noqa: F401
 from .staff_deployment import public_calls, staff, staff_calls  # noqa: F401
+from .tornet import tor_network  # noqa: F401
 
 settings.register_profile(
     "ci",

@@ -339,3 +339,22 @@ async def test_display_text_that_could_hide_a_line_is_refused(
     assert answer.body["error"]["code"] == "malformed_directory"
     with pytest.raises(MalformedInput):
         Directory.from_json(body)
+
+
+async def test_cases_are_not_moved_to_handlers_who_destroyed_the_key(
+    staff: StaffDeployment, staff_calls: StaffCalls, public_calls: Calls
+) -> None:
+    dep = staff.dep
+    admin = await _admin(staff_calls)
+    case_id, _ = await new_case(staff, public_calls, owner="carol")
+    # Nine days on, every seven-day key of then is past its window and the grace period:
+    # the other handlers' clients have destroyed them, so nobody but carol could read the case.
+    staff.clock.advance(9 * 86400)
+    admin.token = None
+    assert (await staff_calls.login(admin)).status == 201
+    without_carol = roster_directory(dep, 2, {k: v for k, v in ROSTER.items() if k != "carol"})
+    published = await _ceremony(staff_calls, admin, without_carol, dep.org.admins[:2])
+    assert published["moved_cases"] == 0
+    assert published["stranded_cases"] == 1
+    async with dep.store.read() as session:
+        assert await session.scalar(select(Contact.owner).where(Contact.id == case_id)) == "carol"

@@ -30,10 +30,10 @@ from safepassage.client.trust import fetch_trusted_directory
 from safepassage.crypto import envelope as E
 from safepassage.crypto.directory import Handler, IntegrationService
 from safepassage.crypto.errors import NotARecipient
-from safepassage.crypto.intake import AttachmentInfo, Contact
-from safepassage.crypto.keys import VerifyKey
+from safepassage.crypto.intake import AttachmentInfo, Contact, FollowUp
+from safepassage.crypto.keys import HybridPublicKey, VerifyKey
 from safepassage.crypto.staffmsg import Escalation
-from safepassage.server.db.models import Chunk, Mailbox
+from safepassage.server.db.models import Chunk, Mailbox, Message
 from safepassage.server.db.models import Contact as ContactRow
 from safepassage.server.integration.keys import add_encryption_key, create_officer_vault, open_officer_keys
 from safepassage.server.integration.models import Package
@@ -58,7 +58,7 @@ def _dana(paths: HandlerPaths, file: Path) -> Handler:
     return Handler(handler_id, "Dana", VerifyKey(identity), ("general",), (entry,))
 
 
-async def _last_week_contact(sd: StaffDeployment, paths: HandlerPaths, blob: bytes) -> str:
+async def _last_week_contact(sd: StaffDeployment, paths: HandlerPaths, blob: bytes) -> tuple[str, Applicant]:
     """A contact sealed last week to the pool's keys of then (dana's old key included), stored as the intake would."""
     dep = sd.dep
     applicant = Applicant()
@@ -98,7 +98,30 @@ async def _last_week_contact(sd: StaffDeployment, paths: HandlerPaths, blob: byt
         await session.flush()  # the chunks refer to the contact
         for i, frame in enumerate(frames):
             session.add(Chunk(contact_id=case_id, attachment=0, index=i, final=i == len(frames) - 1, frame=frame))
-    return case_id
+    return case_id, applicant
+
+
+async def _follow_up(sd: StaffDeployment, case_id: str, applicant: Applicant, key: HybridPublicKey, text: str) -> str:
+    """A follow-up sealed to ``key`` (and the pool's others), stored as the intake would."""
+    dep = sd.dep
+    payload = FollowUp(case_id, text, applicant.keys.mailbox_key.verify_key).seal_payload(applicant.keys.mailbox_key)
+    sealed = E.seal(payload, [key, *(dep.org.intake[h].public_key for h in ROSTER)], E.Purpose.FOLLOW_UP)
+    message_id = secrets.token_urlsafe(16)
+    async with dep.store.write() as session:
+        session.add(
+            Message(
+                id=message_id,
+                mailbox_id=applicant.mailbox_id,
+                contact_id=case_id,
+                kind="follow-up",
+                day=dt.date.today(),
+                bucket=sealed.header.bucket,
+                envelope=sealed.data,
+                envelope_hash=sealed.envelope_hash,
+                seq=1,
+            )
+        )
+    return message_id
 
 
 async def test_rotation_archives_destroys_and_the_next_key_carries_a_full_case(
@@ -117,8 +140,8 @@ async def test_rotation_archives_destroys_and_the_next_key_carries_a_full_case(
         totp.append(answer.totp_secret.reveal())
         return Totp(TotpSecret(totp[-1])).code_at(counter_at(staff.clock()))
 
-    # Enrolled eight days ago with a seven-day key: that key has expired now.
-    week_ago = now_ts() - 8 * DAY
+    # Enrolled ten days ago with a seven-day key: expired three days ago, past the two-day grace.
+    week_ago = now_ts() - 10 * DAY
     await enroll(
         staff=staff.base_url,
         invitation=await staff.invitation("dana"),
@@ -140,7 +163,7 @@ async def test_rotation_archives_destroys_and_the_next_key_carries_a_full_case(
     await login(paths, password=PASSWORD, code=Totp(TotpSecret(totp[0])).code_at(counter_at(staff.clock())))
 
     blob = os.urandom(E.CHUNK_DATA_MAX + 999)
-    old_case = await _last_week_contact(staff, paths, blob)
+    old_case, applicant = await _last_week_contact(staff, paths, blob)
     async with dep.store.read() as session:
         copy_before = await session.scalar(select(ContactRow.envelope).where(ContactRow.id == old_case))
     assert copy_before is not None
@@ -184,6 +207,22 @@ async def test_rotation_archives_destroys_and_the_next_key_carries_a_full_case(
     assert {c.case_id for c in await inbox(paths)} == {old_case, new_case_id}
     fresh = await read_case(paths, PASSPHRASE, new_case_id, tmp_path / "new")
     assert fresh.contact.message == "canary-new-2c4"
+
+    # A follow-up to the old case arrives under the new key; when that key is destroyed in
+    # turn, the follow-up is archived although its contact was archived long before.
+    later = await _follow_up(staff, old_case, applicant, done.new_key.key, "canary-later-9d1")
+    staff.clock.advance(10 * DAY)
+    await login(paths, password=PASSWORD, code=Totp(TotpSecret(totp[0])).code_at(counter_at(staff.clock())))
+    third = await rotate(paths, PASSPHRASE, days=7, now=int(staff.clock()))
+    assert third.destroyed == (done.new_key.key.key_id,)
+    assert (paths.archive / old_case / f"m.{later}").is_file()
+    _, now_keys = open_handler_vault(paths, PASSPHRASE)
+    async with dep.store.read() as session:
+        server_copy = await session.scalar(select(Message.envelope).where(Message.id == later))
+    with pytest.raises(NotARecipient):
+        E.open_envelope(server_copy, now_keys.opening_keys, expected_purpose=E.Purpose.FOLLOW_UP)
+    reread = await read_case(paths, PASSPHRASE, old_case, tmp_path / "old-again", now=int(staff.clock()))
+    assert [f.text for f in reread.follow_ups] == ["canary-later-9d1"]
 
     # Reply to and escalate the archived case: the officer gets the contact and the attachment.
     await reply(paths, PASSPHRASE, old_case, "received")

@@ -12,6 +12,7 @@ import pytest
 from sqlalchemy import select
 
 from safepassage.server.db.models import AuditLogEntry, StaffInvitation, StaffSession, StaffUser
+from safepassage.server.periodic import running
 from safepassage.server.staff import app as staff_app
 from safepassage.server.staff.accounts import INVITATION_HOURS, LOCK_MAX, MAX_FAILED, lock_seconds
 from safepassage.server.staff.app import housekeeping
@@ -261,11 +262,8 @@ async def test_housekeeping_logs_no_activity(
     await staff_calls.enrol_and_login("alice")
     staff.clock.advance(31 * 60)
     monkeypatch.setattr(staff_app, "HOUSEKEEPING_SECONDS", 0.01)
-    task = asyncio.create_task(staff_app._housekeeping_loop(staff.state))
-    await asyncio.sleep(0.3)
-    task.cancel()
-    with pytest.raises(asyncio.CancelledError):
-        await task
+    async with running(staff_app._jobs(staff.state)):
+        await asyncio.sleep(0.3)
     async with staff.dep.store.read() as session:
         assert (await session.scalars(select(StaffSession))).all() == []
     assert "expired" not in caplog.text

@@ -55,9 +55,14 @@ async def test_a_pinned_witness_must_have_cosigned(deployment: Deployment, tmp_p
         await cosign(tmp_path / "w", dep.base_url, dep.org.admin_set.fingerprint())
     assert info.value.status == 404
     _allow(dep, key)
+    other_front_end = Intake.create(dep.config, dep.keys, dep.store)
+    await other_front_end.refresh()
     done = await cosign(tmp_path / "w", dep.base_url, dep.org.admin_set.fingerprint())
     assert done.size == dep.published.log.size
     assert done.cosignatures == 1
+    # Another front end on the same database serves the cosignature after its next check.
+    await other_front_end.refresh_if_changed()
+    assert len(other_front_end.published().head.witness_signatures) == 1
     await _fetch(dep, pinned)  # accepted now
     # Two pinned witnesses, both required: one cosignature is not enough.
     other = signing_key("second-witness").verify_key
@@ -100,6 +105,7 @@ async def test_hostile_cosignatures_are_refused(deployment: Deployment, public_c
         ({"size": head.size, "signature": stranger}, 422, "unknown_witness"),
         ({"size": head.size, "signature": admin_purpose}, 422, "bad_signature"),
         ({"size": head.size + 5, "signature": good}, 404, "no_such_head"),
+        ({"size": 2**40, "signature": good}, 404, "no_such_head"),
         ({"size": 0, "signature": good}, 400, "malformed_request"),
         ({"size": head.size}, 400, "malformed_request"),
         ({"size": head.size, "signature": {"key": "00", "sig": "x"}}, 400, "malformed_signature"),

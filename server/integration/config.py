@@ -14,9 +14,12 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any, Final
 
+from aiohttp import web
+
 from safepassage.client.intake_api import IntakeClient
 from safepassage.crypto.errors import SafePassageError
-from safepassage.server.config import CONFIG_FILE, ConfigError, load_settings
+from safepassage.server import tor
+from safepassage.server.config import CONFIG_FILE, ConfigError, check_tor_settings, load_settings
 
 DB_FILE: Final = "integration.db"
 #: The last transparency-log head this service accepted (client/trust.py HeadState).
@@ -49,6 +52,10 @@ class IntegrationConfig:
     directory_refresh_seconds: int = 300
     #: Deliveries are refused once the directory was last verified longer ago than this.
     directory_max_age_seconds: int = 3600
+    #: How this service reaches tor to publish its onion (as the intake's tor_control; server/tor.py).
+    tor_control: str = ""
+    tor_control_password_file: str = ""
+    tor_health_seconds: int = 30
 
     @property
     def db_path(self) -> Path:
@@ -65,6 +72,15 @@ class IntegrationConfig:
     @property
     def vault_path(self) -> Path:
         return self.data_dir / VAULT_FILE
+
+    @property
+    def onion_clients_dir(self) -> Path:
+        """The handlers' Tor client keys (``<handler>.auth``): only they may reach this service's onion."""
+        return self.data_dir / "onion-clients"
+
+    @property
+    def onion_key_path(self) -> Path:
+        return self.keys_dir / "onion-integration.key"
 
     @property
     def url(self) -> str:
@@ -93,6 +109,9 @@ class IntegrationConfig:
             raise ConfigError("windows and intervals must be positive")
         if self.directory_max_age_seconds < self.directory_refresh_seconds:
             raise ConfigError("directory_max_age_seconds must be at least directory_refresh_seconds")
+        check_tor_settings(self.tor_control, 0, 1, 1)
+        if not 1 <= self.tor_health_seconds <= 3600:
+            raise ConfigError("tor_health_seconds must be 1 to 3600")
         return self
 
 
@@ -109,3 +128,22 @@ def load_integration_config(
     if not (data_dir / CONFIG_FILE).is_file():
         raise NotADataFolder(str(data_dir))
     return load_settings(IntegrationConfig, data_dir, env_prefix=ENV_PREFIX, env=env, overrides=overrides)
+
+
+def publish_integration_onion(app: web.Application, config: IntegrationConfig) -> None:
+    """Publish this service's onion while ``app`` runs, restricted to the handlers' client keys.
+
+    The operator copies each handler's ``<handler>.auth`` (the one the staff
+    server keeps in DATA/onion-clients) into this service's onion-clients
+    folder, and deletes it when the handler is revoked; the folder is re-read
+    every ``tor_health_seconds``.
+    """
+    spec = tor.restricted_spec("integration", config.onion_key_path, config.host, config.port)
+    settings = tor.TorSettings(
+        config.tor_control, config.tor_control_password_file, config.data_dir, config.tor_health_seconds
+    )
+
+    async def clients() -> tuple[tor.ClientKey, ...]:
+        return tuple(sorted(set(tor.read_client_keys(config.onion_clients_dir).values())))
+
+    tor.attach(app, settings, [spec], clients={"integration": clients})

@@ -12,6 +12,8 @@ from sqlalchemy import delete, select, update
 
 from ..db.models import StaffInvitation, StaffSession, StaffUser
 from ..errors import ApiError
+from ..tor import ClientKey, InvalidClientKey
+from . import onion_clients
 from .accounts import PREFIX, UsernameTaken, create_invitation
 from .auth import admin_caller
 from .body import read_json, role, string, username
@@ -35,9 +37,15 @@ async def list_staff(request: web.Request) -> web.Response:
 @routes.post(PREFIX + "/admin/invitations", name="staff_admin_invite")
 async def invite(request: web.Request) -> web.Response:
     caller = await admin_caller(request)
-    body = await read_json(request, ("username", "role"))
+    body = await read_json(request, ("username", "role"), optional=("onion_key",))
     name = username(string(body, "username", max_len=64))
     kind = role(string(body, "role", max_len=16))
+    client_key = None
+    if "onion_key" in body:
+        try:
+            client_key = ClientKey.parse(string(body, "onion_key", max_len=128))
+        except InvalidClientKey as exc:
+            raise ApiError(400, "bad_request", exc.message) from None
     staff = staff_of(request)
     try:
         code, expires = await create_invitation(
@@ -51,6 +59,9 @@ async def invite(request: web.Request) -> web.Response:
         )
     except UsernameTaken as exc:
         raise ApiError(409, "username_taken", exc.message) from None
+    if client_key is not None:
+        # Picked up by the staff onion at its next health check (onion_clients.py).
+        onion_clients.register(staff.config.onion_clients_dir, name, client_key)
     return web.json_response({"invitation": code, "expires": expires}, status=201)
 
 
@@ -72,4 +83,7 @@ async def revoke(request: web.Request) -> web.Response:
             delete(StaffInvitation).where(StaffInvitation.username == name, StaffInvitation.used.is_(False))
         )
         result = {"username": user.username, "role": user.role, "state": "revoked"}
+    # After the commit: the account is revoked even if this fails, and authorised_keys()
+    # leaves a revoked account's key out whether or not its file is still there.
+    onion_clients.unregister(staff.config.onion_clients_dir, name)
     return web.json_response(result)

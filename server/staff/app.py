@@ -9,8 +9,6 @@ middleware and security headers as the public app; no access log.
 
 from __future__ import annotations
 
-import asyncio
-import contextlib
 import logging
 import secrets
 import time
@@ -26,6 +24,7 @@ from ..db.engine import Store, make_engine
 from ..db.models import StaffInvitation, StaffSession
 from ..errors import error_middleware
 from ..keys import load_keys
+from ..periodic import Job, running
 from ..security import add_security_headers
 from . import accounts, admin, audit_api, cases, proposals
 from .context import STAFF, Clock, Staff
@@ -35,6 +34,7 @@ log = logging.getLogger("safepassage.server.staff")
 #: Largest request body: a reply envelope (one recipient, largest bucket), with room for headers.
 CLIENT_MAX_SIZE = cases.MAX_REPLY + 4096
 HOUSEKEEPING_SECONDS = 30.0
+DIRECTORY_WATCH_SECONDS = 2.0
 
 
 async def housekeeping(staff: Staff) -> dict[str, int]:
@@ -55,15 +55,12 @@ async def housekeeping(staff: Staff) -> dict[str, int]:
     }
 
 
-async def _housekeeping_loop(staff: Staff) -> None:
-    while True:
-        await asyncio.sleep(HOUSEKEEPING_SECONDS)
-        try:
-            # Counts are not logged: expired sessions every 30 s would be a
-            # timeline of when each handler stopped working.
-            await housekeeping(staff)
-        except Exception as exc:  # a failed round must not stop the next one
-            log.error("staff housekeeping failed: %s", type(exc).__name__)
+def _jobs(staff: Staff) -> list[Job]:
+    return [
+        Job("staff housekeeping", HOUSEKEEPING_SECONDS, lambda: housekeeping(staff)),
+        # A revocation published by another process ends the handler's access within seconds.
+        Job("staff directory check", DIRECTORY_WATCH_SECONDS, staff.refresh_if_changed),
+    ]
 
 
 async def _bearer_challenge(request: web.Request, response: web.StreamResponse) -> None:
@@ -95,11 +92,8 @@ def create_staff_app(config: ServerConfig, *, store: Store | None = None, clock:
         state.dummy_hash = await state.hash_password(dummy)
         await state.refresh()
         app[STAFF] = state
-        task = asyncio.create_task(_housekeeping_loop(state))
-        yield
-        task.cancel()
-        with contextlib.suppress(asyncio.CancelledError):
-            await task
+        async with running(_jobs(state)):
+            yield
         if own_store:
             await active.close()
 

@@ -27,8 +27,10 @@ ROLES = ("handler", "admin")
 _ID = re.compile(r"[A-Za-z0-9_-]{8,64}")
 
 
-async def read_json(request: web.Request, members: Sequence[str], *, limit: int = MAX_JSON) -> JsonObject:
-    """The body as a JSON object with exactly ``members``."""
+async def read_json(
+    request: web.Request, members: Sequence[str], *, limit: int = MAX_JSON, optional: Sequence[str] = ()
+) -> JsonObject:
+    """The body as a JSON object with exactly ``members``, plus any of ``optional``."""
     if request.content_type != JSON:
         raise ApiError(415, "unsupported_media_type", f"Send the body as {JSON}.")
     if request.content_length is not None and request.content_length > limit:
@@ -48,7 +50,7 @@ async def read_json(request: web.Request, members: Sequence[str], *, limit: int 
         raise bad_request("The body is not valid JSON.") from None
     if not isinstance(value, dict):
         raise bad_request("The body must be a JSON object.")
-    if set(value) != set(members):
+    if not set(members) <= set(value) <= set(members) | set(optional):
         raise bad_request("The body must have exactly the members " + ", ".join(sorted(members)) + ".")
     return value
 

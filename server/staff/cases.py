@@ -319,7 +319,7 @@ async def handover(request: web.Request) -> web.Response:
     async with staff.store.read() as session:
         account = await session.get(StaffUser, target)
         envelope = await session.scalar(select(Contact.envelope).where(Contact.id == case_id))
-        readers = readers_of(envelope or b"", key_owners(await log_entries(session)))
+        readers = readers_of(envelope or b"", key_owners(await log_entries(session)), staff.now())
     if (
         target == caller.username
         or target not in in_pool

@@ -21,12 +21,16 @@ from sqlalchemy import inspect
 
 from safepassage.crypto.errors import SafePassageError
 
-from ..config import load_config
+from .. import tor
+from ..config import ServerConfig, load_config
 from ..db.engine import Store, make_engine
 from ..keys import TOTP_KEY_FILE, create_totp_key, load_keys
+from ..tor import ClientKey
+from . import onion_clients
 from .accounts import INVITATION_HOURS, create_invitation
 from .app import create_staff_app
 from .body import ROLES, USERNAME
+from .context import STAFF
 
 DATA = click.option(
     "--data",
@@ -80,12 +84,18 @@ async def _require_schema(store: Store) -> None:
 @DATA
 @click.option("--user", "username", required=True, help="The account name; for a handler, its id in the directory.")
 @click.option("--role", "role", required=True, help="handler or admin.")
-def invite(data_dir: Path, username: str, role: str) -> None:
+@click.option(
+    "--onion-key",
+    default=None,
+    help="The person's Tor client key (from 'safepassage handler onion-key'): lets their Tor reach the staff onion.",
+)
+def invite(data_dir: Path, username: str, role: str, onion_key: str | None) -> None:
     """Print a one-time invitation code for a new staff account."""
     if not USERNAME.fullmatch(username):
         raise BadStaffInput("the username must be a lowercase letter, then up to 63 lowercase letters, digits or '-'")
     if role not in ROLES:
         raise BadStaffInput("the role must be 'handler' or 'admin'")
+    client_key = ClientKey.parse(onion_key) if onion_key is not None else None
     config = load_config(data_dir)
     # A server folder with its staff key, before the database is touched.
     keys = load_keys(config.keys_dir)
@@ -109,6 +119,10 @@ def invite(data_dir: Path, username: str, role: str) -> None:
             await store.close()
 
     code, expires = asyncio.run(run())
+    if client_key is not None:
+        os.umask(0o077)
+        onion_clients.register(config.onion_clients_dir, username, client_key)
+        click.echo(f"Their Tor client key is authorised for the staff onion (within {config.tor_health_seconds} s).")
     until = dt.datetime.fromtimestamp(expires, dt.UTC).strftime("%Y-%m-%d %H:%M UTC")
     click.echo(f"Invitation for {username} ({role}), valid for {INVITATION_HOURS} hours, until {until}:")
     click.echo(f"  {code}")
@@ -131,4 +145,20 @@ def run(data_dir: Path, host: str | None, port: int | None) -> None:
     logging.getLogger("aiohttp.server").setLevel(logging.CRITICAL)
     logging.getLogger("aiohttp.access").setLevel(logging.CRITICAL)
     click.echo(f"Serving the staff API on http://{config.staff_host}:{config.staff_port}", err=True)
+    if config.tor_control:
+        publish_staff_onion(app, config)
     web.run_app(app, host=config.staff_host, port=config.staff_port, access_log=None, print=None)
+
+
+def publish_staff_onion(app: web.Application, config: ServerConfig, store: Store | None = None) -> None:
+    """Publish the staff onion, restricted to the enrolled staff's client keys, while ``app`` runs."""
+    spec = tor.restricted_spec("staff", config.onion_key_path("staff"), config.staff_host, config.staff_port)
+    settings = tor.TorSettings(
+        config.tor_control, config.tor_control_password_file, config.data_dir, config.tor_health_seconds
+    )
+
+    async def clients() -> tuple[tor.ClientKey, ...]:
+        active = store or app[STAFF].store
+        return await onion_clients.authorised_keys(active, config.onion_clients_dir)
+
+    tor.attach(app, settings, [spec], clients={"staff": clients})

@@ -18,7 +18,7 @@ from safepassage.crypto.passwords import Password, TotpSecretKey, hash_password,
 from ..audit import append_audit
 from ..config import ServerConfig
 from ..db.engine import Store
-from ..directory_store import Published, load_published
+from ..directory_store import Published, load_published, published_marker
 from ..errors import ApiError
 from ..keys import UnknownReceiptKey, load_keys, load_next_receipt_key, promote_receipt_key
 
@@ -72,6 +72,13 @@ class Staff:
                 self.audit_key = promote_receipt_key(
                     self.config.keys_dir, keys, self._published.directory.receipt_key
                 ).receipt
+
+    async def refresh_if_changed(self) -> None:
+        """Reload when another process published (a revocation must take effect within seconds)."""
+        published = self._published
+        size = published.head.head.size if published is not None else 0
+        if (await published_marker(self.store))[0] != size:
+            await self.refresh()
 
     @property
     def receipt_key(self) -> VerifyKey:

@@ -291,6 +291,7 @@ async def publish_proposal(request: web.Request) -> web.Response:
                 org_fingerprint=staff.config.org_fingerprint,
                 receipt_key=staff.receipt_key,
                 next_receipt_key=staff.next_receipt_key(),
+                now=staff.now(),
             )
         except PublishRefused as exc:
             raise ApiError(409, "publish_refused", exc.message) from None

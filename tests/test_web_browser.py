@@ -68,13 +68,37 @@ async def test_the_violation_detector_sees_violations_and_scripts_are_off(browse
     assert nojs == "off"  # <noscript> content shows: JavaScript is off
 
 
-def _wait(driver: object, element_id: str) -> Any:
-    """The element once the page that has it loaded: the server derives a codename (Argon2id) before answering."""
+def _submit(driver: object, button: str, element_id: str) -> Any:
+    """Click ``button`` and return the element ``element_id`` of the NEXT page, once it has text.
+
+    The old page is waited out first (staleness of its root), and the element is
+    found afresh on every poll: the server derives a codename (Argon2id) before
+    answering, and a form page may carry an element of the same id.
+    """
+    from selenium.common.exceptions import NoSuchElementException, StaleElementReferenceException, WebDriverException
     from selenium.webdriver.common.by import By
-    from selenium.webdriver.support import expected_conditions
     from selenium.webdriver.support.ui import WebDriverWait
 
-    return WebDriverWait(driver, 60).until(expected_conditions.presence_of_element_located((By.ID, element_id)))
+    old = driver.find_element(By.TAG_NAME, "html")  # type: ignore[attr-defined]
+    driver.find_element(By.CSS_SELECTOR, button).click()  # type: ignore[attr-defined]
+
+    def gone(_: Any) -> bool:
+        # chromedriver reports a node of a replaced document either as stale or as
+        # "Node with given id does not belong to the document": both mean it is gone.
+        try:
+            old.is_enabled()
+        except (StaleElementReferenceException, WebDriverException):
+            return True
+        return False
+
+    WebDriverWait(driver, 120).until(gone)
+
+    def ready(d: Any) -> Any:
+        element = d.find_element(By.ID, element_id)
+        return element if element.text.strip() else False
+
+    ignored = (NoSuchElementException, StaleElementReferenceException)
+    return WebDriverWait(driver, 120, ignored_exceptions=ignored).until(ready)
 
 
 def _contact(driver: object, base: str, lang: str, files: list[Path]) -> tuple[str, list[str], list[Path]]:
@@ -95,8 +119,7 @@ def _contact(driver: object, base: str, lang: str, files: list[Path]) -> tuple[s
     driver.find_element(By.ID, "attachment").send_keys("\n".join(str(f) for f in files))  # type: ignore[attr-defined]
     shots.append(screenshot(driver, f"{lang}-contact"))
     violations += csp_violations(driver)
-    driver.find_element(By.CSS_SELECTOR, "button[type=submit]").click()  # type: ignore[attr-defined]
-    codename = _wait(driver, "codename").text
+    codename = _submit(driver, "button[type=submit]", "codename").text
     shots.append(screenshot(driver, f"{lang}-codename"))
     violations += csp_violations(driver)
     return codename, violations, shots
@@ -108,14 +131,12 @@ def _return(driver: object, base: str, lang: str, codename: str) -> tuple[str, l
     shots, violations = [], []
     driver.get(f"{base}/{lang}/return")  # type: ignore[attr-defined]
     driver.find_element(By.ID, "codename").send_keys(codename)  # type: ignore[attr-defined]
-    driver.find_element(By.CSS_SELECTOR, "button[value=read]").click()  # type: ignore[attr-defined]
-    replies = _wait(driver, "replies").text
+    replies = _submit(driver, "button[value=read]", "replies").text
     shots.append(screenshot(driver, f"{lang}-return-replies"))
     violations += csp_violations(driver)
     driver.find_element(By.ID, "codename").send_keys(codename)  # type: ignore[attr-defined]
     driver.find_element(By.ID, "message").send_keys(f"{CANARY_FOLLOW_UP} ({lang})")  # type: ignore[attr-defined]
-    driver.find_element(By.CSS_SELECTOR, "button[value=follow-up]").click()  # type: ignore[attr-defined]
-    assert _wait(driver, "follow-up-sent").is_displayed()
+    assert _submit(driver, "button[value=follow-up]", "follow-up-sent").is_displayed()
     shots.append(screenshot(driver, f"{lang}-return-follow-up-sent"))
     violations += csp_violations(driver)
     return replies, violations, shots

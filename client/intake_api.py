@@ -16,17 +16,13 @@ module does not log at all.
 
 from __future__ import annotations
 
-import ipaddress
 import json
 import re
-import secrets
 from collections.abc import Mapping
-from dataclasses import dataclass
 from types import TracebackType
 from typing import Final
 
 import aiohttp
-import aiohttp_socks
 from yarl import URL
 
 from safepassage.crypto.encoding import MAX_SAFE_INT, JsonObject, b64e, canonical_json
@@ -37,11 +33,10 @@ from .errors import (
     DirectConnectionRefused,
     ProtocolViolation,
     ResponseTooLarge,
-    ServerUnreachable,
-    TorUnreachable,
     UsageError,
 )
-from .onion import proxy_failure
+from .http import TIMEOUT, UPLOAD_TIMEOUT, USER_AGENT, HttpIdentity, network_errors
+from .proxy import SocksProxy, is_loopback
 from .wire import (
     ID,
     MAX_LOG_PAGE,
@@ -80,30 +75,12 @@ LIMIT_MAILBOX: Final = 64 * MiB
 #: Error bodies are short JSON; anything longer is not read at all.
 LIMIT_ERROR: Final = 16 * 1024
 
-#: One fixed, generic value: no program name or version, which in a small
-#: population of users could tell them apart.
-USER_AGENT: Final = "Mozilla/5.0"
-
-#: Onion services can take a minute to connect; uploads of 1 MiB chunks over
-#: Tor can take a while, so they get no total limit, only a stall limit.
-TIMEOUT: Final = aiohttp.ClientTimeout(total=300, sock_connect=120, sock_read=120)
-UPLOAD_TIMEOUT: Final = aiohttp.ClientTimeout(total=None, sock_connect=120, sock_read=300)
-
 _POOL = re.compile(r"[a-z][a-z0-9-]{0,31}")
 # A header value must not be able to carry CR/LF or anything invisible.
 _HEADER_VALUE = re.compile(r"[!-~]{1,200}")
 
 
 # --- addresses ----------------------------------------------------------------------------
-
-
-def _is_loopback(host: str) -> bool:
-    if host == "localhost":
-        return True
-    try:
-        return ipaddress.ip_address(host.strip("[]")).is_loopback
-    except ValueError:
-        return False
 
 
 def api_base(server: str) -> URL:
@@ -117,28 +94,6 @@ def api_base(server: str) -> URL:
     if url.user or url.password or url.query_string or url.fragment:
         raise UsageError("the server address must not contain a user name, query or fragment")
     return url.with_path(url.path.rstrip("/") + API_PREFIX)
-
-
-@dataclass(frozen=True, slots=True)
-class SocksProxy:
-    host: str
-    port: int
-
-    @classmethod
-    def parse(cls, text: str) -> SocksProxy:
-        """``socks5://host:port`` (``socks5h`` too: names are always resolved by the proxy)."""
-        try:
-            url = URL(text)
-        except (ValueError, TypeError) as exc:
-            raise UsageError("the SOCKS address is not a URL") from exc
-        if url.scheme not in ("socks5", "socks5h") or not url.host or url.explicit_port is None:
-            raise UsageError("the SOCKS address must look like socks5://127.0.0.1:9050")
-        if url.user or url.password:
-            # Credentials are ours to choose: they are what isolates circuits.
-            raise UsageError("the SOCKS address must not contain a user name or password")
-        if url.path not in ("", "/") or url.query_string or url.fragment:
-            raise UsageError("the SOCKS address must be only socks5://host:port")
-        return cls(url.host, url.explicit_port)
 
 
 # --- the client ------------------------------------------------------------------------------
@@ -168,9 +123,9 @@ class IntakeClient:
     def __init__(self, server: str, *, socks: str | None = None, allow_direct: bool = False) -> None:
         self._base = api_base(server)
         self._proxy = SocksProxy.parse(socks) if socks is not None else None
-        if self._proxy is None and not allow_direct and not _is_loopback(self._base.host or ""):
+        if self._proxy is None and not allow_direct and not is_loopback(self._base.host or ""):
             raise DirectConnectionRefused()
-        self._session: aiohttp.ClientSession | None = None
+        self._http = HttpIdentity(self._proxy)
 
     def __repr__(self) -> str:
         via = f"socks {self._proxy.host}:{self._proxy.port}" if self._proxy else "direct"
@@ -182,35 +137,13 @@ class IntakeClient:
         return self._base
 
     async def __aenter__(self) -> IntakeClient:
-        connector: aiohttp.BaseConnector
-        if self._proxy is not None:
-            connector = aiohttp_socks.ProxyConnector(
-                host=self._proxy.host,
-                port=self._proxy.port,
-                proxy_type=aiohttp_socks.ProxyType.SOCKS5,
-                # Fresh random credentials: Tor puts this client on its own circuit.
-                username=secrets.token_hex(16),
-                password=secrets.token_hex(16),
-                rdns=True,
-            )
-        else:
-            connector = aiohttp.TCPConnector(use_dns_cache=False)
-        self._session = aiohttp.ClientSession(
-            connector=connector,
-            cookie_jar=aiohttp.DummyCookieJar(),
-            headers={"User-Agent": USER_AGENT, "Accept-Encoding": "identity"},
-            timeout=TIMEOUT,
-            auto_decompress=False,
-            trust_env=False,  # never an HTTP proxy from the environment, never .netrc
-        )
+        self._http.open()
         return self
 
     async def __aexit__(
         self, exc_type: type[BaseException] | None, exc: BaseException | None, tb: TracebackType | None
     ) -> None:
-        if self._session is not None:
-            await self._session.close()
-            self._session = None
+        await self._http.close()
 
     # --- transport ---------------------------------------------------------------------------
 
@@ -231,21 +164,16 @@ class IntakeClient:
         content_type: str | None = None,
         timeout: aiohttp.ClientTimeout | None = None,
     ) -> JsonObject:
-        if self._session is None:
+        if not self._http.is_open:
             raise RuntimeError("use IntakeClient as 'async with'")
         request_headers = {"Accept": "application/json", **(headers or {})}
         if content_type is not None:
             request_headers["Content-Type"] = content_type
-        try:
-            async with self._session.request(
-                method,
-                url,
-                params=params,
-                headers=request_headers,
-                data=body,
-                allow_redirects=False,
-                timeout=timeout or TIMEOUT,
-            ) as response:
+        with network_errors():
+            response = await self._http.send(
+                method, url, params=params, headers=request_headers, data=body, timeout=timeout or TIMEOUT
+            )
+            async with response:
                 status = response.status
                 if 200 <= status < 300:
                     data = await _read_bounded(response, limit)
@@ -255,16 +183,6 @@ class IntakeClient:
                 else:
                     raise ProtocolViolation(f"unexpected HTTP status {status}")
                 json_content = response.content_type == "application/json"
-        except aiohttp_socks.ProxyConnectionError as exc:
-            raise TorUnreachable() from exc
-        except aiohttp_socks.ProxyError as exc:
-            raise proxy_failure(exc.error_code, str(exc)) from exc
-        except (TimeoutError, aiohttp_socks.ProxyTimeoutError) as exc:
-            raise ServerUnreachable("timed out") from exc
-        except aiohttp.ClientConnectorError as exc:
-            raise ServerUnreachable("connection failed") from exc
-        except (aiohttp.ClientError, OSError) as exc:
-            raise ServerUnreachable("the connection broke") from exc
         if status >= 400:
             raise refusal(status, data if json_content else b"")
         if status != expect:

@@ -19,7 +19,8 @@ from safepassage.crypto.keys import SIGNATURE_LEN
 from safepassage.crypto.staffmsg import IntegrationReceipt
 
 from .errors import ProtocolViolation, UsageError
-from .intake_api import UPLOAD_TIMEOUT, UploadToken
+from .http import UPLOAD_TIMEOUT
+from .intake_api import UploadToken
 from .transport import LIMIT_SMALL, Transport, expect_json
 from .wire import ID
 

@@ -22,7 +22,7 @@ from safepassage.crypto.envelope import BUCKETS, CHUNK_LEN, MAX_RECIPIENTS, enve
 from safepassage.crypto.staffmsg import IntegrationReceipt
 
 from .errors import ProtocolViolation, UsageError
-from .intake_api import UPLOAD_TIMEOUT
+from .http import UPLOAD_TIMEOUT
 from .transport import LIMIT_SMALL, Transport, expect_bytes, expect_json
 from .wire import ID, _b64
 

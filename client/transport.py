@@ -14,30 +14,20 @@ signatures) ever appears in an error.
 
 from __future__ import annotations
 
-import contextlib
 import json
-import secrets
-from collections.abc import Collection, Iterator, Mapping
+from collections.abc import Collection, Mapping
 from types import TracebackType
 from typing import Final, Literal
 
 import aiohttp
-import aiohttp_socks
 from yarl import URL
 
 from safepassage.crypto.encoding import JsonObject, JsonValue
 
-from .errors import DirectConnectionRefused, ProtocolViolation, ServerUnreachable, TorUnreachable, UsageError
-from .intake_api import (
-    LIMIT_ERROR,
-    TIMEOUT,
-    USER_AGENT,
-    SocksProxy,
-    _check_json_response,
-    _is_loopback,
-    _read_bounded,
-)
-from .onion import proxy_failure
+from .errors import DirectConnectionRefused, ProtocolViolation, UsageError
+from .http import TIMEOUT, HttpIdentity, network_errors
+from .intake_api import LIMIT_ERROR, _check_json_response, _read_bounded
+from .proxy import SocksProxy, is_loopback
 from .wire import parse_json, refusal
 
 Want = Literal["json", "bytes", "empty"]
@@ -62,9 +52,9 @@ class Transport:
     def __init__(self, server: str, prefix: str, *, socks: str | None = None, allow_direct: bool = False) -> None:
         self._base = service_base(server, prefix)
         self._proxy = SocksProxy.parse(socks) if socks is not None else None
-        if self._proxy is None and not allow_direct and not _is_loopback(self._base.host or ""):
+        if self._proxy is None and not allow_direct and not is_loopback(self._base.host or ""):
             raise DirectConnectionRefused()
-        self._session: aiohttp.ClientSession | None = None
+        self._http = HttpIdentity(self._proxy)
 
     def __repr__(self) -> str:
         via = f"socks {self._proxy.host}:{self._proxy.port}" if self._proxy else "direct"
@@ -75,35 +65,13 @@ class Transport:
         return self._base
 
     async def __aenter__(self) -> Transport:
-        connector: aiohttp.BaseConnector
-        if self._proxy is not None:
-            connector = aiohttp_socks.ProxyConnector(
-                host=self._proxy.host,
-                port=self._proxy.port,
-                proxy_type=aiohttp_socks.ProxyType.SOCKS5,
-                # Fresh random credentials: Tor puts this client on its own circuit.
-                username=secrets.token_hex(16),
-                password=secrets.token_hex(16),
-                rdns=True,
-            )
-        else:
-            connector = aiohttp.TCPConnector(use_dns_cache=False)
-        self._session = aiohttp.ClientSession(
-            connector=connector,
-            cookie_jar=aiohttp.DummyCookieJar(),
-            headers={"User-Agent": USER_AGENT, "Accept-Encoding": "identity"},
-            timeout=TIMEOUT,
-            auto_decompress=False,
-            trust_env=False,
-        )
+        self._http.open()
         return self
 
     async def __aexit__(
         self, exc_type: type[BaseException] | None, exc: BaseException | None, tb: TracebackType | None
     ) -> None:
-        if self._session is not None:
-            await self._session.close()
-            self._session = None
+        await self._http.close()
 
     def url(self, *segments: str) -> URL:
         # Every segment is validated by the caller (ids, integers), so none needs quoting.
@@ -124,7 +92,7 @@ class Transport:
         timeout: aiohttp.ClientTimeout | None = None,
     ) -> tuple[int, JsonObject | bytes | None]:
         """Send one request; return the status and the body as ``want`` says (strictly checked)."""
-        if self._session is None:
+        if not self._http.is_open:
             raise RuntimeError(f"use {type(self).__name__} as 'async with'")
         accept = "application/json" if want != "bytes" else "application/octet-stream, application/json"
         request_headers = {"Accept": accept, **(headers or {})}
@@ -134,16 +102,11 @@ class Transport:
             request_headers["Content-Type"] = "application/json"
         elif body is not None:
             request_headers["Content-Type"] = "application/octet-stream"
-        with _network_errors():
-            async with self._session.request(
-                method,
-                url,
-                params=params,
-                headers=request_headers,
-                data=data,
-                allow_redirects=False,
-                timeout=timeout or TIMEOUT,
-            ) as response:
+        with network_errors():
+            response = await self._http.send(
+                method, url, params=params, headers=request_headers, data=data, timeout=timeout or TIMEOUT
+            )
+            async with response:
                 status = response.status
                 if 200 <= status < 300:
                     raw = await _read_bounded(response, limit)
@@ -162,23 +125,6 @@ class Transport:
         if want == "bytes":
             return status, raw
         return status, None
-
-
-@contextlib.contextmanager
-def _network_errors() -> Iterator[None]:
-    """Library exceptions become ours; none carries a header value or a body."""
-    try:
-        yield
-    except aiohttp_socks.ProxyConnectionError as exc:
-        raise TorUnreachable() from exc
-    except aiohttp_socks.ProxyError as exc:
-        raise proxy_failure(exc.error_code, str(exc)) from exc
-    except (TimeoutError, aiohttp_socks.ProxyTimeoutError) as exc:
-        raise ServerUnreachable("timed out") from exc
-    except aiohttp.ClientConnectorError as exc:
-        raise ServerUnreachable("connection failed") from exc
-    except (aiohttp.ClientError, OSError) as exc:
-        raise ServerUnreachable("the connection broke") from exc
 
 
 def _check_success(response: aiohttp.ClientResponse, want: Want, raw: bytes) -> None:

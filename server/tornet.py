@@ -36,6 +36,8 @@ REQUIRED = ("TestingTorNetwork 1", "UseDefaultFallbackDirs 0", "DirAuthority ")
 AUTHORITIES = 3
 #: The whole network must be up within this (measured 9-26 s on this machine; CI may be slower).
 NETWORK_DEADLINE = 180.0
+#: The onion-side tors' detailed log (rendezvous, circuits, streams), beside notice.log.
+ONION_LOG = "onion.log"
 
 
 class TorNetError(RuntimeError):
@@ -74,9 +76,9 @@ class TorNode:
     def log_path(self) -> Path:
         return self.data_dir / "notice.log"
 
-    def log_tail(self, lines: int = 15) -> str:
+    def log_tail(self, lines: int = 15, name: str = "notice.log") -> str:
         try:
-            return "\n".join(self.log_path.read_text(errors="replace").splitlines()[-lines:])
+            return "\n".join((self.data_dir / name).read_text(errors="replace").splitlines()[-lines:])
         except OSError:
             return "(no log)"
 
@@ -347,6 +349,21 @@ def _bootstrapped(controller: stem.control.Controller) -> bool:
         return False
 
 
+def _onion_side(node: TorNode) -> list[str]:
+    """Options of the tors at either end of an onion connection (the service and the clients)."""
+    return [
+        "UseEntryGuards 0",
+        # What each onion connection went through, for a failed test's report (tests/tornet.py).
+        f"Log [rend,circ,edge]info file {node.data_dir / ONION_LOG}",
+    ]
+
+
+def _client_side(node: TorNode) -> list[str]:
+    # A stream Tor cannot complete is refused after this long (default 120 s), so that the
+    # clients' retry on a new circuit (client/http.py) gets its turn within a test's time.
+    return [*_onion_side(node), "SocksTimeout 30"]
+
+
 def build(base: Path) -> TorNet:
     """Start the network under ``base`` and return once the clients have bootstrapped."""
     tor_binary()
@@ -395,18 +412,17 @@ def build(base: Path) -> TorNet:
         )
         auth_dir = handler.data_dir / "onion-auth"
         auth_dir.mkdir(mode=0o700)
-        onion_side = ["UseEntryGuards 0"]
         start_tor(
             service,
             _common(net, "service", service.data_dir, service.control_port)
-            + "\n".join(["SocksPort 0", *onion_side])
+            + "\n".join(["SocksPort 0", *_onion_side(service)])
             + "\n",
             empty,
         )
         start_tor(
             applicant,
             _common(net, "applicant", applicant.data_dir, applicant.control_port)
-            + "\n".join([f"SocksPort 127.0.0.1:{applicant.socks_port} ExtendedErrors", *onion_side])
+            + "\n".join([f"SocksPort 127.0.0.1:{applicant.socks_port} ExtendedErrors", *_client_side(applicant)])
             + "\n",
             empty,
         )
@@ -417,7 +433,7 @@ def build(base: Path) -> TorNet:
                 [
                     f"SocksPort 127.0.0.1:{handler.socks_port} ExtendedErrors",
                     f"ClientOnionAuthDir {auth_dir}",
-                    *onion_side,
+                    *_client_side(handler),
                 ]
             )
             + "\n",

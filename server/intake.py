@@ -676,6 +676,9 @@ async def post_follow_up(request: web.Request) -> web.Response:
     spent = await _spend_and_verify(app, checked, request.headers[POW_HEADER])
 
     def store(session: Session) -> None:
+        # Lock the mailbox row (PostgreSQL; SQLite writes are serialised), as a reply does, so a
+        # follow-up and a reply to one mailbox never take the same sequence number.
+        session.execute(select(Mailbox.id).where(Mailbox.id == mailbox_id).with_for_update())
         _check_quota_sync(session, app, mailbox_id, today)
         seq = session.scalar(select(func.coalesce(func.max(Message.seq), 0)).where(Message.mailbox_id == mailbox_id))
         session.add(

@@ -4,6 +4,7 @@ status, handover and escalation receipts."""
 
 from __future__ import annotations
 
+import asyncio
 import hashlib
 import json
 
@@ -295,3 +296,30 @@ async def test_every_case_change_is_audited_without_content(
     ]
     assert all(r.day == staff.state.today() for r in rows)
     assert "canary-reply" not in repr(await staff.snapshot())
+
+
+async def test_concurrent_replies_and_follow_ups_take_distinct_sequence_numbers(
+    staff: StaffDeployment, staff_calls: StaffCalls, public_calls: Calls
+) -> None:
+    """Replies and follow-ups share one sequence per mailbox; the applicant pages replies by it, so
+    two messages with one number could hide one of them. Both writers lock the mailbox row."""
+    alice = await staff_calls.enrol_and_login("alice")
+    case_id, applicant = await new_case(staff, public_calls, owner="alice")
+
+    async def one_reply(i: int) -> None:
+        posted = await staff_calls.call(
+            "POST",
+            f"/staff/v1/cases/{case_id}/replies",
+            account=alice,
+            data=reply_envelope(staff, applicant, case_id, "alice", f"reply {i}"),
+            headers={"Content-Type": "application/octet-stream"},
+        )
+        assert posted.status == 201, posted.body
+
+    await asyncio.gather(
+        *(one_reply(i) for i in range(8)),
+        *(follow_up(public_calls, staff, applicant, case_id, f"more {i}") for i in range(4)),
+    )
+    detail = await staff_calls.call("GET", f"/staff/v1/cases/{case_id}", account=alice)
+    assert sorted(m["seq"] for m in detail.body["messages"]) == list(range(1, 13))
+    assert len(await fetch_mailbox(public_calls, applicant)) == 8

@@ -27,7 +27,7 @@ from .inputs import BODY_BUDGET, BodyBudget, body_budget_middleware
 from .keys import load_keys
 from .periodic import Job, running
 from .retention import RetentionSchedule
-from .security import add_security_headers
+from .security import secure
 from .web.setup import setup_pages
 
 log = logging.getLogger("safepassage.server")
@@ -97,7 +97,7 @@ def create_app(config: ServerConfig, *, store: Store | None = None) -> web.Appli
     quiet_aiohttp_logs()
     app = web.Application(middlewares=[error_middleware, body_budget_middleware], client_max_size=CLIENT_MAX_SIZE)
     app[BODY_BUDGET] = BodyBudget()
-    app.on_response_prepare.append(add_security_headers)
+    secure(app)
     app.add_routes(intake.routes)
     app.add_routes(log_api.routes)
     setup_pages(app, config)  # the applicant's web pages (server/web/)

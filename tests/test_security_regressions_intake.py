@@ -335,40 +335,47 @@ def test_f5_codename_is_shown_when_delivery_is_uncertain(
 # --- F6: malformed HTTP bypasses the middleware: raw request bytes logged, version disclosed ---------
 
 
+@pytest.mark.parametrize(
+    "raw",
+    [
+        b"POST /api/v1/contacts HTTP/1.1\r\nHost: x\r\nSafe-Passage-Upload: canary-token-9f3\x01\r\n"
+        b"Content-Length: 0\r\n\r\n",
+        b"canary-token-9f3 / HTTP/1.1\r\nHost: x\r\n\r\n",
+        b"GET / HTTP/1.1\r\nHost: x\r\nContent-Length: canary-token-9f3\r\n\r\n",
+        b"GET /" + b"canary-token-9f3" * 1000 + b" HTTP/1.1\r\nHost: x\r\n\r\n",
+    ],
+    ids=["bad-header-byte", "bad-method", "bad-length", "line-too-long"],
+)
 async def test_f6_malformed_request_is_neither_logged_nor_answered_by_aiohttp(
-    deployment: Deployment, caplog: pytest.LogCaptureFixture
+    deployment: Deployment, caplog: pytest.LogCaptureFixture, raw: bytes
 ) -> None:
-    """A request aiohttp's parser rejects never reaches ``error_middleware`` or
-    ``add_security_headers``: aiohttp's ``handle_error`` logs it at ERROR on the
-    ``aiohttp.server`` logger with a traceback that quotes the offending raw header line
-    (server/cli.py enables INFO logging to stderr/journald, with timestamps), and answers
-    text/plain with ``Server: Python/3.x aiohttp/3.y`` and none of the security headers.
-    Request bytes in logs contradict docs/storage.md ("no request log"); the version
-    banner helps fingerprint the deployment.
-
-    Fix: in ``server run`` raise the ``aiohttp.server`` logger to CRITICAL (or attach a
-    filter that keeps only the exception type), and give parser errors our headers and a
-    fixed body (a custom ``RequestHandler.handle_error``, or a minimal reverse proxy in
-    front that normalises requests).
-    """
+    """A request aiohttp's parser rejects never reaches ``error_middleware`` or the
+    ``on_response_prepare`` signal: aiohttp's own ``handle_error`` used to log it with a
+    traceback quoting the raw header line, and to answer text/plain quoting it back, with
+    ``Server: Python/3.x aiohttp/3.y`` and none of the security headers. server/security.py
+    ``secure`` replaces that answer with the fixed JSON error and our headers."""
     import logging
 
     caplog.set_level(logging.INFO)
     host, port = deployment.base_url.removeprefix("http://").split(":")
     reader, writer = await asyncio.open_connection(host, int(port))
-    writer.write(
-        b"POST /api/v1/contacts HTTP/1.1\r\nHost: x\r\n"
-        b"Safe-Passage-Upload: canary-token-9f3\x01\r\nContent-Length: 0\r\n\r\n"
-    )
+    writer.write(raw)
     await writer.drain()
-    raw = await reader.read(4096)
+    answer = await reader.read(65536)
     writer.close()
     await asyncio.sleep(0.1)
-    assert raw.startswith(b"HTTP/1.")
+    head, _, body = answer.partition(b"\r\n\r\n")
+    assert head.split(b"\r\n")[0].split(b" ")[1] in (b"400", b"413", b"431"), head
+    assert b"canary-token-9f3" not in answer
     assert b"canary-token-9f3" not in caplog.text.encode()
-    # Not fixed yet (see the session note): aiohttp still answers a request its
-    # parser rejects itself, echoing the bad header to its sender, with its own
-    # Server banner and without our security headers.
+    assert b"aiohttp" not in answer.lower()
+    assert b"python" not in answer.lower()
+    headers = dict(line.split(b": ", 1) for line in head.split(b"\r\n")[1:])
+    assert headers[b"Server"] == b"safepassage"
+    assert headers[b"X-Content-Type-Options"] == b"nosniff"
+    assert headers[b"Cache-Control"] == b"no-store"
+    assert headers[b"Content-Type"].startswith(b"application/json")
+    assert json.loads(body) == {"error": {"code": "bad_request", "message": "The request is not valid HTTP."}}
 
 
 # --- F7: answers the OpenAPI document does not list ---------------------------------------------------

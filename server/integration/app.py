@@ -22,7 +22,7 @@ from safepassage.crypto.envelope import CHUNK_LEN
 
 from ..db.engine import Store, make_engine
 from ..errors import error_middleware
-from ..security import add_security_headers
+from ..security import secure
 from . import api
 from .config import IntegrationConfig
 from .context import INTEGRATION, IntegrationService
@@ -72,7 +72,7 @@ def create_integration_app(
 ) -> web.Application:
     """The service for ``config``; ``store`` and ``directory_source`` replace the defaults (tests, tools)."""
     app = web.Application(middlewares=[error_middleware], client_max_size=CLIENT_MAX_SIZE)
-    app.on_response_prepare.append(add_security_headers)
+    secure(app)
     app.add_routes(api.routes)
 
     async def resources(app: web.Application) -> AsyncIterator[None]:

@@ -25,7 +25,7 @@ from ..db.models import StaffInvitation, StaffSession
 from ..errors import error_middleware
 from ..keys import load_keys
 from ..periodic import Job, running
-from ..security import add_security_headers
+from ..security import secure
 from . import accounts, admin, audit_api, cases, proposals
 from .context import STAFF, Clock, Staff
 
@@ -72,7 +72,7 @@ async def _bearer_challenge(request: web.Request, response: web.StreamResponse) 
 def create_staff_app(config: ServerConfig, *, store: Store | None = None, clock: Clock = time.time) -> web.Application:
     """The staff API. ``clock`` (Unix seconds) is injectable so tests can move time instead of sleeping."""
     app = web.Application(middlewares=[error_middleware], client_max_size=CLIENT_MAX_SIZE)
-    app.on_response_prepare.append(add_security_headers)
+    secure(app)
     app.on_response_prepare.append(_bearer_challenge)
     app.add_routes(accounts.routes)
     app.add_routes(cases.routes)

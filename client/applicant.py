@@ -19,11 +19,11 @@ import re
 import stat
 import threading
 import time
-from collections.abc import Mapping, Sequence
+from collections.abc import Awaitable, Callable, Mapping, Sequence
 from contextlib import ExitStack
 from dataclasses import dataclass
 from pathlib import Path
-from typing import BinaryIO, Final
+from typing import BinaryIO, Final, TypeVar
 
 from safepassage.crypto.codename import ApplicantKeys, Codename, derive_applicant_keys, generate_codename
 from safepassage.crypto.encoding import JsonObject, canonical_json
@@ -250,6 +250,29 @@ class _SolveCancelled(Exception):
     pass
 
 
+T = TypeVar("T")
+#: A server whose proof-of-work checks are all taken answers 503 ``busy`` before it spends
+#: the challenge (docs/protocol.md 12.7): the same request goes again, a few times.
+BUSY_ATTEMPTS: Final = 5
+BUSY_PAUSE: Final = 3.0
+
+
+def _is_busy(exc: BaseException) -> bool:
+    return isinstance(exc, ServerRefused) and exc.status == 503 and exc.code == "busy"
+
+
+async def _while_busy(send: Callable[[], Awaitable[T]]) -> T:
+    attempt = 1
+    while True:
+        try:
+            return await send()
+        except ServerRefused as exc:
+            if not _is_busy(exc) or attempt >= BUSY_ATTEMPTS:
+                raise
+        attempt += 1
+        await asyncio.sleep(BUSY_PAUSE)
+
+
 async def _proof_of_work(client: IntakeClient, progress: Progress) -> str:
     """Ask for a challenge, solve it in a worker thread, return the PoW header value."""
     answer: PowChallenge = await client.new_challenge()
@@ -333,13 +356,16 @@ async def send_contact(
         )
         pow_header = await _proof_of_work(client, progress)
         try:
-            answer = await client.submit_contact(
-                sealed.data, pool, len(files), pow_header, keys.mailbox_key.verify_key, signature
+            answer = await _while_busy(
+                lambda: client.submit_contact(
+                    sealed.data, pool, len(files), pow_header, keys.mailbox_key.verify_key, signature
+                )
             )
         except (ServerUnreachable, ServerRefused) as exc:
             # A 5xx or a dropped connection after the request went out: the
             # server may have stored the contact. The codename must not be lost.
-            if isinstance(exc, ServerRefused) and exc.status < 500:
+            # (``busy`` is the exception: it is answered before anything is stored.)
+            if isinstance(exc, ServerRefused) and (exc.status < 500 or _is_busy(exc)):
                 raise
             raise DeliveryUncertain(codename) from exc
         if files:
@@ -443,7 +469,9 @@ async def send_follow_up(
         keys.mailbox_key, kind="follow-up", pool=pool, attachments=0, envelope=sealed.data, contact_id=contact_id
     )
     pow_header = await _proof_of_work(client, progress)
-    answer = await client.post_follow_up(keys.mailbox_id, contact_id, sealed.data, pow_header, signature)
+    answer = await _while_busy(
+        lambda: client.post_follow_up(keys.mailbox_id, contact_id, sealed.data, pow_header, signature)
+    )
     _check_receipt(directory, answer.receipt, sealed, answer.message_id)
     return SentFollowUp(answer.message_id, contact_id, answer.receipt)
 

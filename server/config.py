@@ -55,8 +55,15 @@ class ServerConfig:
     pow_load_threshold: int = 60
     #: Global cap on submissions (contacts, follow-ups) per minute.
     rate_limit_per_minute: int = 1200
-    #: Challenges (PoW and mailbox) per minute, all clients together.
+    #: Mailbox challenges per minute, all clients together. (Proof-of-work challenges have
+    #: no cap: issuing one costs an HMAC, and a global cap on a free request is a lever for
+    #: locking every applicant out; the Argon2id checks they lead to are bounded instead.)
     challenge_limit_per_minute: int = 6000
+    #: Argon2id proof-of-work checks running at once (each 1-3 ms of one core) ...
+    pow_verify_workers: int = 2
+    #: ... and waiting for a worker; a submission beyond that is refused with 503 ``busy``
+    #: before its challenge is spent, so the applicant sends the same request again.
+    pow_verify_backlog: int = 256
     #: Contacts plus follow-ups per mailbox per day.
     mailbox_daily_quota: int = 20
     #: Replies a mailbox fetch returns at most.
@@ -131,6 +138,8 @@ class ServerConfig:
             raise ConfigError("PoW memory out of range")
         if not W.MIN_LIFETIME <= self.pow_lifetime <= W.MAX_LIFETIME:
             raise ConfigError("PoW lifetime out of range")
+        if not 1 <= self.pow_verify_workers <= 64 or not 1 <= self.pow_verify_backlog <= 100_000:
+            raise ConfigError("pow_verify_workers must be 1 to 64 and pow_verify_backlog 1 to 100000")
         self._validate_web()
         positive = (
             self.web_sealing_per_minute,

@@ -17,7 +17,7 @@ from .db.models import LogEntry
 from .directory_store import Published, load_published, published_marker
 from .errors import ApiError
 from .keys import ServerKeys, UnknownReceiptKey, promote_receipt_key
-from .limits import PowDifficulty, RateLimiter
+from .limits import PowDifficulty, RateLimiter, WorkGate
 
 log = logging.getLogger("safepassage.server")
 COSIGNATURES_PER_MINUTE = 120
@@ -29,9 +29,9 @@ class Intake:
     keys: ServerKeys
     store: Store
     submission_limit: RateLimiter
-    challenge_limit: RateLimiter
     mailbox_challenge_limit: RateLimiter
     difficulty: PowDifficulty
+    pow_gate: WorkGate
     #: Witnesses whose cosignatures this server keeps (configuration ``witness_keys``).
     witness_keys: tuple[VerifyKey, ...] = ()
     #: Cosignature posts per minute (each a write): a handful of witnesses need a few.
@@ -47,11 +47,11 @@ class Intake:
             keys=keys,
             store=store,
             submission_limit=RateLimiter(config.rate_limit_per_minute, "submissions"),
-            challenge_limit=RateLimiter(config.challenge_limit_per_minute, "challenge requests"),
-            # Mailbox challenges are free to ask for: a flood of them must not
-            # use up the proof-of-work challenges new applicants need.
+            # Each mailbox challenge is a database row; proof-of-work challenges are not
+            # capped at all (see WorkGate): a flood of one cannot touch the other.
             mailbox_challenge_limit=RateLimiter(config.challenge_limit_per_minute, "mailbox challenge requests"),
             difficulty=PowDifficulty(config.pow_base_difficulty, config.pow_max_difficulty, config.pow_load_threshold),
+            pow_gate=WorkGate(config.pow_verify_workers, config.pow_verify_backlog),
             witness_keys=tuple(
                 VerifyKey(b64d(k, length=32, what="witness key")) for k in config.witness_keys.split(",") if k
             ),

@@ -149,6 +149,14 @@ class _Spent:
 
 
 async def _spend_and_verify(app: Intake, checked: W.CheckedChallenge, counter_header: str) -> _Spent:
+    """Admission, then :func:`_spend_then_verify`. A server whose proof-of-work checks are all
+    taken and whose backlog is full answers 503 ``busy`` here, before the challenge is spent:
+    the applicant's work is not lost, and the same request may be sent again."""
+    async with app.pow_gate.slot():
+        return await _spend_then_verify(app, checked, counter_header)
+
+
+async def _spend_then_verify(app: Intake, checked: W.CheckedChallenge, counter_header: str) -> _Spent:
     """Spend the challenge, then check the work; then charge the load counters.
 
     The nonce is marked spent *before* the Argon2id evaluation (section 12.5),
@@ -352,7 +360,7 @@ async def get_log_entries(request: web.Request) -> web.Response:
 @routes.post("/api/v1/pow", name="pow")
 async def new_challenge(request: web.Request) -> web.Response:
     app = intake_of(request)
-    app.challenge_limit.hit()
+    # No cap here: issuing costs one HMAC; the checks challenges lead to are bounded (WorkGate).
     cfg = app.config
     challenge = W.issue_challenge(
         app.keys.pow,

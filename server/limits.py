@@ -13,10 +13,12 @@ configures times the number of front ends.
 
 from __future__ import annotations
 
+import asyncio
+import contextlib
 import math
 import time
 from collections import deque
-from collections.abc import Callable
+from collections.abc import AsyncIterator, Callable
 
 from .errors import ApiError
 
@@ -77,3 +79,43 @@ class PowDifficulty:
             return self._base
         extra = math.ceil(math.log2(load / self._threshold))
         return min(self._max, self._base + extra)
+
+
+class WorkGate:
+    """Bounds the proof-of-work checks running and waiting, instead of the challenges issued.
+
+    A challenge is free to ask for and behind Tor nobody can be told apart, so any cap on
+    issuing them is one budget that whoever asks fastest takes, locking every applicant
+    out. What costs the server is the Argon2id check each submission leads to: this gate
+    lets ``workers`` run at once and ``backlog`` wait, and refuses beyond that with 503
+    ``busy`` *before* the challenge is spent, so a refused applicant loses no work. A
+    flood then has to send full submissions as fast as the server can check them, and
+    applicants get a share of the checks rather than none.
+    """
+
+    def __init__(self, workers: int, backlog: int) -> None:
+        self._slots = asyncio.Semaphore(workers)
+        self._backlog = backlog
+        self._waiting = 0
+
+    @property
+    def waiting(self) -> int:
+        return self._waiting
+
+    @contextlib.asynccontextmanager
+    async def slot(self) -> AsyncIterator[None]:
+        if self._waiting >= self._backlog:
+            raise ApiError(
+                503,
+                "busy",
+                "The service is busy checking proofs of work; send the same request again in a few seconds.",
+            )
+        self._waiting += 1
+        try:
+            await self._slots.acquire()
+        finally:
+            self._waiting -= 1
+        try:
+            yield
+        finally:
+            self._slots.release()

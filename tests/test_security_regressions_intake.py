@@ -620,10 +620,12 @@ async def test_f12_mailbox_challenges_cannot_starve_proof_of_work_challenges(
     requiring a (cheap) proof of work for mailbox challenges; rely on Tor's onion-service
     PoW (HiddenServicePoWDefensesEnabled) in deploy/.
     """
-    _state(deployment).challenge_limit = RateLimiter(3, "challenge requests")
+    _state(deployment).mailbox_challenge_limit = RateLimiter(3, "mailbox challenge requests")
     for i in range(3):
         answer = await calls.call("POST", f"/api/v1/mailboxes/{i:064x}/challenge")
         assert answer.status == 201
+    capped = await calls.call("POST", f"/api/v1/mailboxes/{9:064x}/challenge")
+    assert (capped.status, capped.body["error"]["code"]) == (429, "rate_limited")
     pow_answer = await calls.call("POST", "/api/v1/pow")
     assert pow_answer.status == 201, pow_answer.body
 

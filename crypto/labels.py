@@ -53,6 +53,7 @@ VAULT_KEY: Final = b"safepassage/v1/vault-key"
 POW_INPUT: Final = b"safepassage/v1/pow"
 POW_SALT: Final = b"safepassage/v1/pow-salt"
 POW_MAC: Final = b"safepassage/v1/pow-mac"
+MAILBOX_NONCE_MAC: Final = b"safepassage/v1/mailbox-nonce-mac"
 
 # --- transparency log (RFC 6962 prefixes; not labels but bound to meaning) ----------------
 MERKLE_LEAF_PREFIX: Final = b"\x00"

@@ -27,6 +27,7 @@ from . import _primitives as P
 from . import labels as L
 from .encoding import Reader, b64d, b64e, u8, u32, u64
 from .errors import MalformedInput, PowRejected, UnsupportedVersion
+from .intake import MAILBOX_NONCE_LEN
 
 NONCE_LEN: Final = 16
 MAC_LEN: Final = 32
@@ -58,6 +59,9 @@ DEFAULT_LIFETIME: Final = 600
 #: A constant salt: the nonce inside the hashed input already makes every
 #: challenge's search space fresh, so the salt only separates this use of Argon2id.
 POW_SALT: Final = P.sha256(L.POW_SALT)[:16]
+#: Mailbox nonce (protocol 15.4): 12 random bytes, u32 expiry, 16-byte MAC.
+MAILBOX_NONCE_RANDOM: Final = 12
+MAILBOX_NONCE_MAC_LEN: Final = MAILBOX_NONCE_LEN - MAILBOX_NONCE_RANDOM - 4
 
 
 class PowKey:
@@ -84,6 +88,34 @@ class PowKey:
 
     def _mac(self, message: bytes) -> bytes:
         return P.hmac_sha256(self._raw, L.POW_MAC + message)
+
+    def mailbox_nonce(self, mailbox_id: bytes, expires: int) -> bytes:
+        """A mailbox-authentication nonce (protocol 15.4) the server recognises without storing it."""
+        if not _is_uint(expires, 2**32 - 1):
+            raise MalformedInput("mailbox nonce expiry out of range")
+        body = P.random_bytes(MAILBOX_NONCE_RANDOM) + u32(expires)
+        return body + self._mailbox_mac(mailbox_id, body)
+
+    def check_mailbox_nonce(self, mailbox_id: bytes, nonce: bytes, now: int) -> int:
+        """The nonce's expiry, if this key issued it for ``mailbox_id`` and it is still live.
+
+        Raises ``PowRejected`` otherwise (one HMAC, no lookup); single use is the caller's job.
+        """
+        if len(nonce) != MAILBOX_NONCE_LEN:
+            raise MalformedInput(f"mailbox nonce must be {MAILBOX_NONCE_LEN} bytes")
+        body, mac = nonce[:-MAILBOX_NONCE_MAC_LEN], nonce[-MAILBOX_NONCE_MAC_LEN:]
+        if not P.constant_time_equal(self._mailbox_mac(mailbox_id, body), mac):
+            raise PowRejected("mailbox nonce not issued for this mailbox")
+        expires = int.from_bytes(body[MAILBOX_NONCE_RANDOM:], "big")
+        if now >= expires:
+            raise PowRejected("mailbox nonce expired")
+        return expires
+
+    def _mailbox_mac(self, mailbox_id: bytes, body: bytes) -> bytes:
+        # Its own label: a proof-of-work challenge can never pass for a mailbox nonce or back.
+        return P.hmac_sha256(self._raw, L.MAILBOX_NONCE_MAC + u8(len(mailbox_id)) + mailbox_id + body)[
+            :MAILBOX_NONCE_MAC_LEN
+        ]
 
     def __repr__(self) -> str:
         return "PowKey(<secret>)"

@@ -55,10 +55,9 @@ class ServerConfig:
     pow_load_threshold: int = 60
     #: Global cap on submissions (contacts, follow-ups) per minute.
     rate_limit_per_minute: int = 1200
-    #: Mailbox challenges per minute, all clients together. (Proof-of-work challenges have
-    #: no cap: issuing one costs an HMAC, and a global cap on a free request is a lever for
-    #: locking every applicant out; the Argon2id checks they lead to are bounded instead.)
-    challenge_limit_per_minute: int = 6000
+    # No cap on challenges of either kind: issuing one costs an HMAC and no write, and a
+    # global cap on a free request is a lever for locking every applicant out. The Argon2id
+    # checks proof-of-work challenges lead to are bounded instead:
     #: Argon2id proof-of-work checks running at once (each 1-3 ms of one core) ...
     pow_verify_workers: int = 2
     #: ... and waiting for a worker; a submission beyond that is refused with 503 ``busy``
@@ -146,7 +145,6 @@ class ServerConfig:
             self.upload_window_hours,
             self.pow_load_threshold,
             self.rate_limit_per_minute,
-            self.challenge_limit_per_minute,
             self.mailbox_daily_quota,
             self.mailbox_fetch_limit,
         )

@@ -17,10 +17,12 @@ from .db.models import LogEntry
 from .directory_store import Published, load_published, published_marker
 from .errors import ApiError
 from .keys import ServerKeys, UnknownReceiptKey, promote_receipt_key
-from .limits import PowDifficulty, RateLimiter, WorkGate
+from .limits import KeyedRateLimiter, PowDifficulty, RateLimiter, WorkGate
 
 log = logging.getLogger("safepassage.server")
 COSIGNATURES_PER_MINUTE = 120
+#: Authenticated reads of one mailbox per minute: a client pages 200 replies a read.
+MAILBOX_READS_PER_MINUTE = 30
 
 
 @dataclass
@@ -29,7 +31,7 @@ class Intake:
     keys: ServerKeys
     store: Store
     submission_limit: RateLimiter
-    mailbox_challenge_limit: RateLimiter
+    mailbox_fetch_limit: KeyedRateLimiter
     difficulty: PowDifficulty
     pow_gate: WorkGate
     #: Witnesses whose cosignatures this server keeps (configuration ``witness_keys``).
@@ -47,9 +49,9 @@ class Intake:
             keys=keys,
             store=store,
             submission_limit=RateLimiter(config.rate_limit_per_minute, "submissions"),
-            # Each mailbox challenge is a database row; proof-of-work challenges are not
-            # capped at all (see WorkGate): a flood of one cannot touch the other.
-            mailbox_challenge_limit=RateLimiter(config.challenge_limit_per_minute, "mailbox challenge requests"),
+            # Challenges of both kinds are issued without a cap (WorkGate; protocol 15.4);
+            # mailbox reads are limited per mailbox, after its owner proved it holds the key.
+            mailbox_fetch_limit=KeyedRateLimiter(MAILBOX_READS_PER_MINUTE, "reads of this mailbox"),
             difficulty=PowDifficulty(config.pow_base_difficulty, config.pow_max_difficulty, config.pow_load_threshold),
             pow_gate=WorkGate(config.pow_verify_workers, config.pow_verify_backlog),
             witness_keys=tuple(

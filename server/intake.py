@@ -22,7 +22,7 @@ from dataclasses import dataclass
 from typing import Any
 
 from aiohttp import web
-from sqlalchemy import delete, func, select
+from sqlalchemy import func, select
 from sqlalchemy.exc import IntegrityError
 from sqlalchemy.ext.asyncio import AsyncSession
 from sqlalchemy.orm import Session
@@ -568,17 +568,13 @@ async def finalise_contact(request: web.Request) -> web.Response:
 async def mailbox_challenge(request: web.Request) -> web.Response:
     app = intake_of(request)
     mailbox_id = _mailbox_id(request)
-    app.mailbox_challenge_limit.hit()
-    now = _now()
-    nonce = secrets.token_bytes(MAILBOX_NONCE_LEN)
-    # The stored expiry is rounded up to the hour (at least five minutes away),
-    # so the row does not record when this mailbox was checked.
-    expires = _round_up_hour(now + MAILBOX_NONCE_LIFETIME)
-    # A nonce is issued whether or not the mailbox exists: the answer must not
-    # tell a prober which mailbox ids are in use.
-    async with app.store.write() as session:
-        await session.execute(delete(MailboxNonce).where(MailboxNonce.expires <= now))
-        session.add(MailboxNonce(nonce=nonce, mailbox_id=mailbox_id, expires=expires))
+    # The expiry is rounded up to the hour (at least five minutes away), so neither the
+    # nonce nor the row written when it is used records when this mailbox was read.
+    expires = _round_up_hour(_now() + MAILBOX_NONCE_LIFETIME)
+    # Stateless (protocol 15.4): no write and no cap, so a flood of these takes nothing
+    # from anyone. Issued whether or not the mailbox exists: the answer must not tell a
+    # prober which mailbox ids are in use.
+    nonce = app.keys.pow.mailbox_nonce(bytes.fromhex(mailbox_id), expires)
     return web.json_response({"nonce": b64e(nonce), "expires": expires}, status=201)
 
 
@@ -614,21 +610,28 @@ async def mailbox_fetch(request: web.Request) -> web.Response:
     except MalformedInput:
         raise bad_request("Malformed nonce or signature.") from None
     refused = ApiError(403, "mailbox_auth_failed", "Mailbox authentication failed; ask for a new challenge.")
-    now = _now()
+    try:
+        expires = app.keys.pow.check_mailbox_nonce(bytes.fromhex(mailbox_id), nonce, _now())
+    except (PowRejected, MalformedInput):
+        raise refused from None
     async with app.store.read() as session:
         mailbox = await session.get(Mailbox, mailbox_id)
-        issued = await session.get(MailboxNonce, nonce)
-    if mailbox is None or issued is None or issued.mailbox_id != mailbox_id or issued.expires <= now:
+    if mailbox is None:
         raise refused
     try:
         verify_mailbox_auth(VerifyKey(mailbox.public_key), nonce, signature)
     except BadSignature:
         raise refused from None
+    # Only the mailbox's owner gets this far: a limit per mailbox is fair, and it bounds
+    # the used-nonce rows one mailbox can make.
+    app.mailbox_fetch_limit.hit(mailbox_id)
     async with app.store.write() as session:
-        # Single use: only the request that deletes the nonce goes on.
-        deleted = await session.execute(delete(MailboxNonce).where(MailboxNonce.nonce == nonce))
-        if deleted.rowcount != 1:  # type: ignore[attr-defined]
-            raise refused
+        # Single use: the nonce is recorded as used, a unique key, until it expires.
+        session.add(MailboxNonce(nonce=nonce, mailbox_id=mailbox_id, expires=expires))
+        try:
+            await session.flush()
+        except IntegrityError:
+            raise refused from None
         wanted = Message.mailbox_id == mailbox_id, Message.kind == "reply", Message.seq > after
         # A page is bounded by count and by bytes (always at least one reply),
         # so a mailbox of many large replies stays readable page by page and

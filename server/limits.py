@@ -61,6 +61,29 @@ class RateLimiter:
         self._window.add()
 
 
+class KeyedRateLimiter:
+    """Refuses with 429 once one key (an authenticated mailbox) had ``limit`` events in a minute.
+
+    Only for keys a requester has proved it holds: a limit per key is then fair, since the
+    holder only holds itself back. Idle keys are forgotten, so memory follows the keys
+    active in the last minute.
+    """
+
+    def __init__(self, limit: int, what: str, clock: Clock = time.monotonic) -> None:
+        self._limit = limit
+        self._what = what
+        self._clock = clock
+        self._windows: dict[str, SlidingWindow] = {}
+
+    def hit(self, key: str) -> None:
+        if len(self._windows) > 4 * 1024:
+            self._windows = {k: w for k, w in self._windows.items() if w.count() > 0}
+        window = self._windows.setdefault(key, SlidingWindow(60.0, self._clock))
+        if window.count() >= self._limit:
+            raise ApiError(429, "rate_limited", f"Too many {self._what} right now; try again in a minute.")
+        window.add()
+
+
 class PowDifficulty:
     """Difficulty in leading zero bits, from recent submission load."""
 

@@ -589,3 +589,35 @@ async def test_no_directory_yet_is_503(tmp_path: Path) -> None:
             assert answer.body["error"]["code"] == "no_directory"
     finally:
         await runner.cleanup()
+
+
+async def test_mailbox_nonces_are_stateless_and_reads_are_limited_per_mailbox(
+    calls: Calls, deployment: Deployment
+) -> None:
+    from safepassage.server.context import INTAKE, MAILBOX_READS_PER_MINUTE
+    from safepassage.server.limits import KeyedRateLimiter
+
+    owner, other = Applicant(), Applicant()
+    await submit(calls, deployment, owner)
+    await submit(calls, deployment, other)
+    before = await deployment.snapshot()
+    # Asking writes nothing; 32 bytes the server never issued are refused like a forgery.
+    await calls.call("POST", f"/api/v1/mailboxes/{owner.mailbox_id}/challenge")
+    assert await deployment.snapshot() == before
+    made_up = bytes(32)
+    refused = await calls.call(
+        "POST",
+        f"/api/v1/mailboxes/{owner.mailbox_id}/fetch",
+        json={"nonce": b64e(made_up), "signature": b64e(sign_mailbox_auth(owner.keys.mailbox_key, made_up))},
+    )
+    assert (refused.status, refused.body["error"]["code"]) == (403, "mailbox_auth_failed")
+    assert await deployment.snapshot() == before
+    # Reads are limited per mailbox, after the key proved it is the owner's: the owner's
+    # reads use up the owner's budget, never another mailbox's.
+    deployment.app[INTAKE].mailbox_fetch_limit = KeyedRateLimiter(3, "reads of this mailbox")
+    for _ in range(3):
+        assert (await fetch_mailbox(calls, owner)).status == 200
+    limited = await fetch_mailbox(calls, owner)
+    assert (limited.status, limited.body["error"]["code"]) == (429, "rate_limited")
+    assert (await fetch_mailbox(calls, other)).status == 200
+    assert MAILBOX_READS_PER_MINUTE >= 10

@@ -353,3 +353,44 @@ def test_key_length(raw: bytes) -> None:
 
 def test_generated_keys_differ() -> None:
     assert PowKey.generate().secret_bytes_raw() != PowKey.generate().secret_bytes_raw()
+
+
+# --- mailbox nonces (protocol 15.4) ------------------------------------------------------------
+
+MAILBOX = bytes(range(32))
+
+
+def test_mailbox_nonce_layout_and_check() -> None:
+    nonce = KEY.mailbox_nonce(MAILBOX, NOW + 300)
+    assert len(nonce) == 32
+    assert nonce[12:16] == (NOW + 300).to_bytes(4, "big")
+    mac = P.hmac_sha256(bytes(range(32)), L.MAILBOX_NONCE_MAC + b"\x20" + MAILBOX + nonce[:16])[:16]
+    assert nonce[16:] == mac  # the layout the spec gives, computed independently
+    assert KEY.check_mailbox_nonce(MAILBOX, nonce, NOW) == NOW + 300
+    assert KEY.mailbox_nonce(MAILBOX, NOW + 300) != nonce  # fresh random part
+
+
+def test_mailbox_nonce_refusals() -> None:
+    nonce = KEY.mailbox_nonce(MAILBOX, NOW + 300)
+    with pytest.raises(PowRejected, match="expired"):
+        KEY.check_mailbox_nonce(MAILBOX, nonce, NOW + 300)
+    with pytest.raises(PowRejected, match="not issued"):
+        KEY.check_mailbox_nonce(bytes(32), nonce, NOW)  # another mailbox
+    with pytest.raises(PowRejected, match="not issued"):
+        PowKey.generate().check_mailbox_nonce(MAILBOX, nonce, NOW)  # another server
+    with pytest.raises(MalformedInput):
+        KEY.check_mailbox_nonce(MAILBOX, nonce[:31], NOW)
+    with pytest.raises(MalformedInput):
+        KEY.mailbox_nonce(MAILBOX, 2**32)
+    # A proof-of-work challenge's bytes never pass for a mailbox nonce (own label).
+    challenge = _issue()
+    with pytest.raises((PowRejected, MalformedInput)):
+        KEY.check_mailbox_nonce(MAILBOX, challenge.to_bytes()[:32], NOW)
+
+
+@given(st.integers(0, 31), st.integers(1, 255))
+def test_any_changed_mailbox_nonce_byte_is_refused(pos: int, flip: int) -> None:
+    nonce = bytearray(KEY.mailbox_nonce(MAILBOX, NOW + 300))
+    nonce[pos] ^= flip
+    with pytest.raises(PowRejected):
+        KEY.check_mailbox_nonce(MAILBOX, bytes(nonce), NOW)

@@ -181,29 +181,45 @@ async def test_a_challenge_flood_does_not_lock_out_applicants(deployment: Deploy
     assert await _applicant(deployment.base_url, deployment.org.admin_set.fingerprint()) < 60
 
 
+class FullGate:
+    """A one-worker, one-place gate installed in the intake, its worker and place taken until ``release``."""
+
+    def __init__(self, deployment: Deployment) -> None:
+        self.gate = WorkGate(workers=1, backlog=1)
+        deployment.app[INTAKE].pow_gate = self.gate
+        self.released = asyncio.Event()
+        self._holders: list[asyncio.Task[None]] = []
+
+    async def fill(self) -> None:
+        entered = asyncio.Event()
+        slot = self.gate.slot  # taken before a test replaces it
+
+        async def hold() -> None:
+            async with slot():
+                entered.set()
+                await self.released.wait()
+
+        async def wait_in_line() -> None:
+            async with slot():
+                pass
+
+        self._holders.append(asyncio.create_task(hold()))
+        await entered.wait()
+        self._holders.append(asyncio.create_task(wait_in_line()))
+        while self.gate.waiting < 1:
+            await asyncio.sleep(0.01)
+
+    async def drain(self) -> None:
+        self.released.set()
+        await asyncio.gather(*self._holders)
+
+
 @pytest.mark.parametrize("database_url", ["sqlite", "postgresql"], indirect=True)
 async def test_a_full_backlog_refuses_before_the_work_is_spent(deployment: Deployment, public_calls: Calls) -> None:
     """With every proof-of-work check taken and the backlog full, a submission gets 503 ``busy``
     and its challenge stays unspent: the same request, sent again, is accepted once."""
-    gate = WorkGate(workers=1, backlog=1)
-    deployment.app[INTAKE].pow_gate = gate
-    release = asyncio.Event()
-    entered = asyncio.Event()
-
-    async def hold() -> None:
-        async with gate.slot():
-            entered.set()
-            await release.wait()
-
-    async def queue() -> None:
-        async with gate.slot():
-            pass
-
-    holders = [asyncio.create_task(hold())]
-    await entered.wait()
-    holders.append(asyncio.create_task(queue()))
-    while gate.waiting < 1:
-        await asyncio.sleep(0.01)
+    full = FullGate(deployment)
+    await full.fill()
     applicant = Applicant()
     data = seal_for([k for _, k in deployment.directory.recipients("general", now_ts())], applicant.contact()).data
     headers = applicant.submission_headers(data, "general", 0, await public_calls.pow_header())
@@ -215,8 +231,7 @@ async def test_a_full_backlog_refuses_before_the_work_is_spent(deployment: Deplo
 
     busy = await submit()
     assert (busy.status, busy.body["error"]["code"]) == (503, "busy")
-    release.set()
-    await asyncio.gather(*holders)
+    await full.drain()
     accepted = await submit()
     assert accepted.status == 201, accepted.body
     replayed = await submit()
@@ -232,10 +247,8 @@ async def test_the_applicant_client_sends_again_while_the_server_is_busy(
     from safepassage.client import applicant
 
     monkeypatch.setattr(applicant, "BUSY_PAUSE", 0.3)
-    gate = WorkGate(workers=1, backlog=1)
-    deployment.app[INTAKE].pow_gate = gate
-    release = asyncio.Event()
-    entered = asyncio.Event()
+    full = FullGate(deployment)
+    gate = full.gate
     refusals: list[int] = []
     real_slot = gate.slot
 
@@ -243,26 +256,13 @@ async def test_the_applicant_client_sends_again_while_the_server_is_busy(
         if gate.waiting >= 1:
             refusals.append(1)
             if len(refusals) == 2:
-                release.set()  # the third attempt finds room
+                full.released.set()  # the third attempt finds room
         return real_slot()
 
-    async def hold() -> None:
-        async with real_slot():
-            entered.set()
-            await release.wait()
-
-    async def wait_in_line() -> None:
-        async with real_slot():
-            pass
-
-    holders = [asyncio.create_task(hold())]
-    await entered.wait()
-    holders.append(asyncio.create_task(wait_in_line()))
-    while gate.waiting < 1:
-        await asyncio.sleep(0.01)
+    await full.fill()
     monkeypatch.setattr(gate, "slot", counting_slot)
     assert await _applicant(deployment.base_url, deployment.org.admin_set.fingerprint()) < 60
-    await asyncio.gather(*holders)
+    await full.drain()
     assert len(refusals) == 2  # two 503 busy answers, then accepted with the same work
     async with deployment.store.read() as session:
         assert await session.scalar(select(func.count()).select_from(Contact)) == 1

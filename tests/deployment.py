@@ -17,7 +17,7 @@ from typing import Any
 
 import pytest
 from aiohttp import web
-from sqlalchemy import select
+from sqlalchemy import func, select
 
 from safepassage.crypto.directory import Directory
 from safepassage.crypto.translog import MerkleLog
@@ -25,9 +25,10 @@ from safepassage.server.app import create_app
 from safepassage.server.config import ServerConfig
 from safepassage.server.db import migrate
 from safepassage.server.db.engine import Store, make_engine
-from safepassage.server.db.models import Base
+from safepassage.server.db.models import Base, Contact, OpenCaseCount
 from safepassage.server.directory_store import Published, publish
 from safepassage.server.keys import ServerKeys, create_keys
+from safepassage.server.routing import OPEN_STATUSES
 
 from .helpers import Org
 from .pg import PgServer, fresh_database
@@ -73,6 +74,36 @@ class Deployment:
                 rows = (await session.execute(select(table))).all()
                 out[table.name] = sorted((tuple(r) for r in rows), key=repr)
         return out
+
+
+async def open_case_counts(store: Store) -> tuple[dict[tuple[str, str], int], dict[tuple[str, str], int]]:
+    """The triggers' open-case counters (rows at zero left out) and a fresh COUNT of the same."""
+    async with store.read() as session:
+        counters = {
+            (pool, owner): int(cases)
+            for pool, owner, cases in (
+                await session.execute(select(OpenCaseCount.pool, OpenCaseCount.owner, OpenCaseCount.cases))
+            ).all()
+            if cases != 0
+        }
+        counted = {
+            (pool, owner): int(n)
+            for pool, owner, n in (
+                await session.execute(
+                    select(Contact.pool, Contact.owner, func.count())
+                    .where(Contact.state == "complete", Contact.status.in_(OPEN_STATUSES))
+                    .group_by(Contact.pool, Contact.owner)
+                )
+            ).all()
+        }
+    return counters, counted
+
+
+async def assert_open_cases_counted(store: Store) -> dict[tuple[str, str], int]:
+    """Fail unless every open-case counter equals a fresh COUNT; return the count."""
+    counters, counted = await open_case_counts(store)
+    assert counters == counted, f"open-case counters {counters} != counted {counted}"
+    return counted
 
 
 @pytest.fixture(params=["sqlite", "postgresql"])
@@ -122,6 +153,8 @@ async def deployment(tmp_path: Path, database_url: str) -> AsyncIterator[Deploym
     host, port = runner.addresses[0][:2]
     try:
         yield Deployment(org, config, keys, store, f"http://{host}:{port}", published, app)
+        # Whatever the test did to cases, the routing counters must still equal a fresh count.
+        await assert_open_cases_counted(store)
     finally:
         await runner.cleanup()
         await store.close()

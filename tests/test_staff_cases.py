@@ -112,6 +112,41 @@ async def test_list_filter_and_page(staff: StaffDeployment, staff_calls: StaffCa
     assert bobs.body["next"] is None
 
 
+async def test_the_list_counts_each_case_s_own_follow_ups(
+    staff: StaffDeployment, staff_calls: StaffCalls, public_calls: Calls
+) -> None:
+    """Counted per page (docs/benchmarks.md): every page, not only the first, carries its cases' counts;
+    replies and other handlers' follow-ups are not counted."""
+    alice = await staff_calls.enrol_and_login("alice")
+    quiet, _ = await new_case(staff, public_calls, owner="alice")
+    busy, applicant = await new_case(staff, public_calls, owner="alice")
+    other, other_applicant = await new_case(staff, public_calls, owner="bob")
+    for text in ("one", "two"):
+        await follow_up(public_calls, staff, applicant, busy, text)
+    await follow_up(public_calls, staff, other_applicant, other, "not alice's")
+    reply = reply_envelope(staff, applicant, busy, "alice", "Received.")
+    answer = await staff_calls.call(
+        "POST",
+        f"/staff/v1/cases/{busy}/replies",
+        account=alice,
+        data=reply,
+        headers={"Content-Type": "application/octet-stream"},
+    )
+    assert answer.status == 201, answer.body
+    counts: dict[str, int] = {}
+    cursor = None
+    while True:
+        page = await staff_calls.call(
+            "GET", "/staff/v1/cases?limit=1" + (f"&after={cursor}" if cursor else ""), account=alice
+        )
+        assert page.status == 200
+        counts.update({c["id"]: c["follow_ups"] for c in page.body["cases"]})
+        cursor = page.body["next"]
+        if cursor is None:
+            break
+    assert counts == {quiet: 0, busy: 2}
+
+
 async def test_open_reply_and_the_applicant_reads_it(
     staff: StaffDeployment, staff_calls: StaffCalls, public_calls: Calls
 ) -> None:

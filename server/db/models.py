@@ -82,7 +82,28 @@ class Contact(Base):
     #: Unix time, rounded up to the hour, after which a pending upload is deleted; NULL once complete.
     upload_expires: Mapped[int | None] = mapped_column(BigInteger, nullable=True)
 
-    __table_args__ = (Index("ix_contacts_pool_owner_state", "pool", "owner", "state"),)
+    __table_args__ = (
+        Index("ix_contacts_pool_owner_state", "pool", "owner", "state"),
+        # A handler's inbox in its listing order: the first page is a range scan of one page.
+        Index("ix_contacts_owner_state_day_id", "owner", "state", "day", "id"),
+    )
+
+
+class OpenCaseCount(Base):
+    """How many open cases (complete, status new/reviewing/replied) each handler holds in a pool.
+
+    Routing reads these few rows instead of counting the contacts table. Database
+    triggers on ``contacts`` (migration 0006) keep them equal to that count in the
+    same transaction as every insert, update and delete, including the deletes a
+    mailbox's ``ON DELETE CASCADE`` makes, so no code path can forget one. The
+    server never writes this table itself.
+    """
+
+    __tablename__ = "open_cases"
+
+    pool: Mapped[str] = mapped_column(String(32), primary_key=True)
+    owner: Mapped[str] = mapped_column(String(64), primary_key=True)
+    cases: Mapped[int] = mapped_column(BigInteger)
 
 
 class Chunk(Base):

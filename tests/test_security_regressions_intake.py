@@ -253,6 +253,28 @@ async def test_f3b_abandoned_pending_contact_leaves_its_mailbox_forever(calls: C
         assert await session.get(Mailbox, applicant.mailbox_id) is None
 
 
+async def test_f3_a_mailbox_with_another_contact_survives_an_abandoned_upload(
+    calls: Calls, deployment: Deployment
+) -> None:
+    """Housekeeping removes only the mailboxes left empty by the uploads it just deleted."""
+    applicant = Applicant()
+    kept = await _submit(calls, deployment, applicant)
+    assert kept.body["status"] == "complete"
+    info = AttachmentInfo("a.txt", "text/plain", 3, 1)
+    sealed = seal_for(_recipients(deployment), applicant.contact(attachments=(info,)))
+    pending = await _submit(calls, deployment, applicant, attachments=1, envelope=sealed.data)
+    async with deployment.store.write() as session:
+        await session.execute(
+            update(ContactRow).where(ContactRow.id == pending.body["contact"]).values(upload_expires=now_ts() - 1)
+        )
+    counts = await housekeeping(_state(deployment))
+    assert (counts["expired_pending_contacts"], counts["orphan_mailboxes"]) == (1, 0)
+    async with deployment.store.read() as session:
+        assert await session.get(Mailbox, applicant.mailbox_id) is not None
+        assert await session.get(ContactRow, kept.body["contact"]) is not None
+        assert await session.get(ContactRow, pending.body["contact"]) is None
+
+
 # --- F4: GET /log/entries re-verifies every entry on the event loop ---------------------------------
 
 

@@ -23,6 +23,7 @@ from __future__ import annotations
 
 import asyncio
 from collections.abc import Callable, Iterable
+from concurrent.futures import Future, ThreadPoolExecutor
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Final
@@ -51,6 +52,9 @@ from .staff_api import MAX_BULK_PAGE, EnvelopePage, SealedCase, StaffClient
 
 #: Pages one run follows at most: 10,000,000 cases at 100 a page.
 MAX_BULK_PAGES: Final = 100_000
+#: Case files written and fsynced at once. Concurrent fsyncs share the file system's journal
+#: commits: on ext4 here 16 at once cost 0.5 ms a file against 5 ms one after the other.
+WRITERS: Final = 16
 
 #: Called after each case with (cases done, cases in all as the server counted them at the start).
 Progress = Callable[[int, int | None], None]
@@ -89,6 +93,16 @@ class _Run:
         self.written: list[tuple[str, Path]] = []
         self.failed: list[CaseFailure] = []
         self.seen: set[str] = set()
+        self.writers = ThreadPoolExecutor(WRITERS, thread_name_prefix="read-all-writer")
+        self.pending: list[tuple[str, Future[Path]]] = []
+
+    def drain(self, pending: list[tuple[str, Future[Path]]]) -> None:
+        """Wait for these files to be on disk (a write error stops the run here)."""
+        for case_id, future in pending:
+            self.written.append((case_id, future.result()))
+
+    def close(self) -> None:
+        self.writers.shutdown(wait=True)
 
     def _tick(self) -> None:
         self.done += 1
@@ -106,11 +120,16 @@ class _Run:
 
     def _write(self, reading: CaseReading) -> None:
         case_id = reading.case.case_id
-        path = publish_file(self.out, f"{case_id}.txt", reading_text(reading).encode("utf-8"))
-        self.written.append((case_id, path))
+        data = reading_text(reading).encode("utf-8")
+        self.pending.append((case_id, self.writers.submit(publish_file, self.out, f"{case_id}.txt", data)))
 
     def quick(self, cases: Iterable[SealedCase]) -> None:
-        """Cases with no follow-up or attachment: everything is on the page; open, verify, write."""
+        """Cases with no follow-up or attachment: everything is on the page; open, verify, write.
+
+        The previous page's files are waited for only after this page's cases are opened, so
+        their fsyncs overlap this page's cryptography.
+        """
+        previous, self.pending = self.pending, []
         for sealed in cases:
             detail = sealed.detail
             try:
@@ -121,6 +140,7 @@ class _Run:
             except (CryptoError, ProtocolViolation, FileAccessError) as exc:
                 self.failed.append(CaseFailure(detail.case.case_id, exc.message))
             self._tick()
+        self.drain(previous)
 
     async def full(self, staff: StaffClient, sealed: SealedCase) -> None:
         """A case with follow-ups or attachments: finished exactly as ``handler read`` finishes one."""
@@ -154,6 +174,33 @@ def _needs_requests(sealed: SealedCase) -> bool:
     return case.attachments > 0 or any(m.kind == "follow-up" for m in sealed.detail.messages)
 
 
+async def _pages(run: _Run, staff: StaffClient, page_size: int) -> None:
+    page = await staff.case_envelopes(limit=page_size)
+    run.total = page.total
+    cursors: set[str] = set()
+    for _ in range(MAX_BULK_PAGES):
+        run.check_page(page)
+        following = None
+        if page.next is not None:
+            if page.next in cursors:
+                raise ProtocolViolation("the case pages do not move forward")
+            cursors.add(page.next)
+            # The next page downloads while this one is opened and written.
+            following = asyncio.create_task(staff.case_envelopes(after=page.next, limit=page_size))
+        try:
+            await asyncio.to_thread(run.quick, [c for c in page.cases if not _needs_requests(c)])
+            for sealed in (c for c in page.cases if _needs_requests(c)):
+                await run.full(staff, sealed)
+        except BaseException:
+            if following is not None:
+                following.cancel()
+            raise
+        if following is None:
+            return
+        page = await following
+    raise ProtocolViolation("too many case pages")
+
+
 async def read_all(
     paths: HandlerPaths,
     passphrase: Passphrase,
@@ -175,31 +222,12 @@ async def read_all(
         _check_staff_onion(paths, trusted.directory, now)
         prepare_folder(out)
         run = _Run(paths, keys, trusted.directory, out, progress or (lambda done, total: None))
-        async with _staff(paths, socks, now) as staff:
-            page = await staff.case_envelopes(limit=page_size)
-            run.total = page.total
-            cursors: set[str] = set()
-            for _ in range(MAX_BULK_PAGES):
-                run.check_page(page)
-                following = None
-                if page.next is not None:
-                    if page.next in cursors:
-                        raise ProtocolViolation("the case pages do not move forward")
-                    cursors.add(page.next)
-                    following = asyncio.create_task(staff.case_envelopes(after=page.next, limit=page_size))
-                try:
-                    await asyncio.to_thread(run.quick, [c for c in page.cases if not _needs_requests(c)])
-                    for sealed in (c for c in page.cases if _needs_requests(c)):
-                        await run.full(staff, sealed)
-                except BaseException:
-                    if following is not None:
-                        following.cancel()
-                    raise
-                if following is None:
-                    break
-                page = await following
-            else:
-                raise ProtocolViolation("too many case pages")
+        try:
+            async with _staff(paths, socks, now) as staff:
+                await _pages(run, staff, page_size)
+            run.drain(run.pending)
+        finally:
+            run.close()
     return BulkReading(tuple(run.written), tuple(run.failed))
 
 

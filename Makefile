@@ -49,6 +49,8 @@ bench: setup
 	$(BIN)/python -m bench.audit --store postgresql
 	$(BIN)/python -m bench.attachment
 	$(BIN)/python -m bench.scale
+	$(BIN)/python -m bench.bulk --store sqlite
+	$(BIN)/python -m bench.bulk --store postgresql
 
 # The flood test for five minutes instead of twenty seconds, and the kill -9 tests again.
 soak: setup

@@ -103,6 +103,29 @@ def _publish(temp: Path, folder: Path, name: str) -> Path:
     raise OutputFolderError("too many files with the same name")
 
 
+def prepare_folder(folder: Path) -> None:
+    """The output folder, private: created with mode 0700, or refused if others may access it."""
+    _prepare_folder(folder)
+
+
+def publish_file(folder: Path, name: str, data: bytes) -> Path:
+    """Write ``data`` to a temporary file in ``folder``, flush it to disk, then link it in as ``name``.
+
+    The file appears whole or not at all (a crash leaves at most a hidden
+    ``.safepassage-*`` temporary), and never over an existing file.
+    """
+    fd, temp = tempfile.mkstemp(prefix=".safepassage-", dir=folder)
+    try:
+        with os.fdopen(fd, "wb") as f:
+            f.write(data)
+            f.flush()
+            os.fsync(f.fileno())
+        return _publish(Path(temp), folder, name)
+    finally:
+        with contextlib.suppress(FileNotFoundError):
+            os.unlink(temp)
+
+
 class Staging:
     """Files written to a private temporary folder inside the output folder, published only on success."""
 
@@ -130,4 +153,12 @@ class Staging:
                 self.folder.rmdir()
 
 
-__all__ = ["MAX_FILE_NAME_BYTES", "OutputFolderError", "SavedAttachment", "Staging", "safe_file_name"]
+__all__ = [
+    "MAX_FILE_NAME_BYTES",
+    "OutputFolderError",
+    "SavedAttachment",
+    "Staging",
+    "prepare_folder",
+    "publish_file",
+    "safe_file_name",
+]

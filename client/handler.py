@@ -31,7 +31,7 @@ import dataclasses
 import os
 import secrets
 import time
-from collections.abc import AsyncIterator, Callable
+from collections.abc import AsyncIterator, Callable, Sequence
 from contextlib import AbstractAsyncContextManager
 from dataclasses import dataclass
 from pathlib import Path
@@ -281,13 +281,17 @@ def _intake_key_label(keys: HandlerKeys, opened: OpenedEnvelope) -> str:
     return f"intake key {held.private.key_id.short()} (fingerprint {held.entry.key.fingerprint()})"
 
 
-async def _open_case(staff: StaffClient, source: CaseSource, keys: HandlerKeys, case_id: str) -> _OpenedCase:
-    """Fetch the case and its envelope (from the archive once archived); open and verify the contact (15.1)."""
-    detail = await staff.get_case(case_id)
-    envelope = await source.case_envelope(case_id)
+def _verify_contact(
+    keys: HandlerKeys, case: CaseSummary, envelope: bytes
+) -> tuple[OpenedEnvelope, Contact, tuple[str, ...], tuple[str, ...]]:
+    """Open a contact envelope and check it against what the server says of the case (15.1).
+
+    The one place a contact is opened and verified: ``read``, ``reply``,
+    ``escalate`` and ``read-all`` all come here. Returns the opened envelope,
+    the contact, and what was verified and what to warn about, for people.
+    """
     opened = open_envelope(envelope, keys.opening_keys, expected_purpose=Purpose.CONTACT)
     contact = Contact.open_payload(opened.plaintext)
-    case = detail.case
     if contact.mailbox_key.key_id.hex() != case.mailbox:
         raise CaseMismatch("the contact's mailbox key is not the case's mailbox")
     if contact.pool != case.pool:
@@ -307,7 +311,15 @@ async def _open_case(staff: StaffClient, source: CaseSource, keys: HandlerKeys, 
             "This contact was sealed by the server (a browser without JavaScript): the server saw its plaintext "
             "for one request, and chose the mailbox key the signature is checked against."
         )
-    return _OpenedCase(detail, opened, contact, tuple(verified), tuple(warnings))
+    return opened, contact, tuple(verified), tuple(warnings)
+
+
+async def _open_case(staff: StaffClient, source: CaseSource, keys: HandlerKeys, case_id: str) -> _OpenedCase:
+    """Fetch the case and its envelope (from the archive once archived); open and verify the contact (15.1)."""
+    detail = await staff.get_case(case_id)
+    envelope = await source.case_envelope(case_id)
+    opened, contact, verified, warnings = _verify_contact(keys, detail.case, envelope)
+    return _OpenedCase(detail, opened, contact, verified, warnings)
 
 
 async def _attachment_data(
@@ -566,9 +578,29 @@ async def read_case(
         async with _staff(paths, socks, now) as staff:
             source = source_for(paths, staff, case_id)
             case = await _open_case(staff, source, keys, case_id)
-            follow_ups = await _follow_ups(source, keys, case, case_id)
-            replies = _replies(keys, case.detail, trusted.directory, case_id)
-            saved, notes = await _save_attachments(source, case_id, case, Path(out_dir))
+            return await _complete_reading(source, keys, trusted.directory, case, Path(out_dir))
+
+
+async def _complete_reading(
+    source: CaseSource, keys: HandlerKeys, directory: Directory, case: _OpenedCase, out_dir: Path
+) -> CaseReading:
+    """The rest of a read once the contact verified: follow-ups, replies, attachments (into ``out_dir``)."""
+    case_id = case.detail.case.case_id
+    follow_ups = await _follow_ups(source, keys, case, case_id)
+    saved, notes = await _save_attachments(source, case_id, case, out_dir)
+    return _assemble_reading(keys, directory, case, follow_ups, saved, notes)
+
+
+def _assemble_reading(
+    keys: HandlerKeys,
+    directory: Directory,
+    case: _OpenedCase,
+    follow_ups: tuple[FollowUpView, ...] = (),
+    saved: tuple[SavedAttachment, ...] = (),
+    notes: Sequence[str] = (),
+) -> CaseReading:
+    """The reading of a verified case: with what was fetched for it, and its replies from this vault's archive."""
+    replies = _replies(keys, case.detail, directory, case.detail.case.case_id)
     verified = [*case.verified, *notes]
     good = [f for f in follow_ups if f.problem is None]
     if good:

@@ -1,5 +1,5 @@
-"""``safepassage handler``: the handler's commands (enroll, login, logout, inbox, read, reply, status,
-handover, escalate).
+"""``safepassage handler``: the handler's commands (enroll, login, logout, inbox, read, read-all, reply,
+status, handover, escalate).
 
 Secrets come from hidden prompts or files the handler names, never from the
 command line (where other users could read them in the process list). The
@@ -15,7 +15,6 @@ from __future__ import annotations
 import asyncio
 import io
 import sys
-import unicodedata
 from collections.abc import Coroutine
 from datetime import UTC, datetime
 from pathlib import Path
@@ -26,6 +25,7 @@ import qrcode  # type: ignore[import-untyped]
 
 from safepassage.crypto.vault import Passphrase
 
+from .case_text import reading_body, reading_header
 from .contact_cli import _read_message
 from .errors import UsageError, untrusted_text
 from .handler import (
@@ -40,6 +40,7 @@ from .handler import (
     reply,
     set_status,
 )
+from .handler_bulk import SomeCasesFailed, read_all
 from .handler_rotate import rotate
 from .handler_vault import HandlerPaths
 from .onion import OnionClientKey
@@ -115,16 +116,6 @@ def _totp(code: str | None) -> str:
     if code is not None:
         return code
     return str(click.prompt("Code from your authenticator app", err=True)).strip()
-
-
-def _printable(text: str) -> str:
-    """Applicant text made safe for a terminal: no escape sequences or direction overrides; lines kept."""
-    return "".join(ch for ch in text if ch in "\n\t" or unicodedata.category(ch)[0] != "C")
-
-
-def _quoted(text: str) -> str:
-    """Applicant text under a margin, so no line of it can pass for a line of ours (a verdict, a header)."""
-    return "\n".join(f"  | {line}" for line in _printable(text).split("\n"))
 
 
 def _day(ts: int) -> str:
@@ -354,47 +345,11 @@ def inbox_command(vault: Path, status: str | None, pool: str | None, socks: str 
 
 
 def _echo_reading(reading: CaseReading) -> None:
-    case, contact = reading.case, reading.contact
-    click.echo(f"Case {case.case_id}: pool {case.pool}, arrived {case.day}, status {case.status}")
+    click.echo(reading_header(reading))
     for warning in reading.warnings:
         click.echo(f"warning: {warning}", err=True)
-    click.echo("")
-    click.echo("Verified on this machine:")
-    for line in reading.verified:
-        click.echo(f"  - {line}")
-    click.echo("")
-    click.echo(f"Language: {contact.language}   origin: {contact.origin}")
-    for name, value in sorted(contact.fields.items()):
-        click.echo(f"{name}:")
-        click.echo(_quoted(value))
-    click.echo("")
-    click.echo("--- Message (the applicant's words; every line is marked '  | ')")
-    click.echo(_quoted(contact.message))
-    if reading.attachments:
-        click.echo("")
-        click.echo("--- Attachments (saved; the names the applicant gave are shown after cleaning)")
-        for saved in reading.attachments:
-            media = untrusted_text(saved.info.media_type, 127)
-            click.echo(f"  {saved.path}  ({saved.info.size} bytes, declared type {media})")
-    for follow_up in reading.follow_ups:
-        click.echo("")
-        click.echo(f"--- Follow-up {follow_up.message_id}, {follow_up.day}")
-        if follow_up.text is None:
-            click.echo(f"(NOT verified, not shown: {follow_up.problem})")
-        else:
-            click.echo("(signed by the applicant's mailbox key)")
-            click.echo(_quoted(follow_up.text))
-    for sent in reading.replies:
-        click.echo("")
-        click.echo(f"--- Reply {sent.message_id}, {sent.day}")
-        if sent.text is None:
-            click.echo(f"({sent.problem})")
-        else:
-            click.echo(f"(by handler {sent.handler_id}, signature verified)")
-            click.echo(_quoted(sent.text))
-    if reading.escalations:
-        click.echo("")
-        click.echo(f"Escalated before: package(s) {', '.join(reading.escalations)}")
+    for line in reading_body(reading):
+        click.echo(line)
 
 
 @handler.command("read")
@@ -418,6 +373,59 @@ def read_command(
     passphrase = _passphrase(passphrase_file)
     reading = _run(read_case(HandlerPaths(vault), passphrase, case_id, out_dir, intake=intake, socks=socks))
     _echo_reading(reading)
+
+
+class _ProgressBar:
+    """A progress bar on standard error, made when the number of cases is known; shows counts only."""
+
+    def __init__(self) -> None:
+        self.bar: Any = None
+        self.shown = 0
+
+    def __call__(self, done: int, total: int | None) -> None:
+        if self.bar is None:
+            self.bar = click.progressbar(
+                length=max(total or done, done), label="Opening cases", file=sys.stderr, show_pos=True
+            )
+            self.bar.__enter__()
+        if self.bar.length is not None and done > self.bar.length:
+            self.bar.length = done  # more cases arrived since the count
+        self.bar.update(done - self.shown)
+        self.shown = done
+
+    def close(self) -> None:
+        if self.bar is not None:
+            self.bar.__exit__(None, None, None)
+
+
+@handler.command("read-all")
+@click.option(
+    "--out",
+    "out_dir",
+    required=True,
+    type=click.Path(file_okay=False, path_type=Path),
+    metavar="DIR",
+    help="Where each case goes, as ID.txt (attachments in ID/); created with mode 0700, nothing is overwritten.",
+)
+@_vault
+@_passphrase_file
+@_intake
+@_socks
+def read_all_command(
+    out_dir: Path, vault: Path, passphrase_file: Path | None, intake: str | None, socks: str | None
+) -> None:
+    """Download, decrypt and verify every case you hold, one text file per case; a progress bar shows counts."""
+    passphrase = _passphrase(passphrase_file)
+    bar = _ProgressBar()
+    try:
+        done = _run(read_all(HandlerPaths(vault), passphrase, out_dir, intake=intake, socks=socks, progress=bar))
+    finally:
+        bar.close()
+    click.echo(f"Wrote {len(done.written)} case(s) to {out_dir}, each verified here.")
+    for failure in done.failed:
+        click.echo(f"error: case {failure.case_id}: {untrusted_text(failure.problem)}", err=True)
+    if done.failed:
+        raise SomeCasesFailed(f"{len(done.failed)} case(s) failed their checks and were not written")
 
 
 @handler.command("reply")

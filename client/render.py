@@ -10,6 +10,10 @@ from safepassage.crypto.directory import Directory
 
 def printable(text: str) -> str:
     """Text made safe for a terminal or a text file: no escape sequences or direction overrides; lines kept."""
+    # Every character of category C is non-printable to str.isprintable (which runs in C), so
+    # text it accepts, apart from newlines and tabs, has nothing to remove.
+    if text.replace("\n", "").replace("\t", "").isprintable():
+        return text
     return "".join(ch for ch in text if ch in "\n\t" or unicodedata.category(ch)[0] != "C")
 
 

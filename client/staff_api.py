@@ -17,8 +17,9 @@ import re
 from dataclasses import dataclass
 from typing import Final
 
-from safepassage.crypto.encoding import MAX_SAFE_INT, JsonObject, JsonValue
+from safepassage.crypto.encoding import MAX_SAFE_INT, JsonObject, JsonValue, b64d
 from safepassage.crypto.envelope import BUCKETS, CHUNK_LEN, MAX_RECIPIENTS, envelope_length
+from safepassage.crypto.errors import MalformedInput
 from safepassage.crypto.staffmsg import IntegrationReceipt
 
 from .errors import ProtocolViolation, UsageError
@@ -30,6 +31,11 @@ STAFF_PREFIX: Final = "/staff/v1"
 #: The largest envelope of any purpose: the biggest bucket sealed to the most recipients.
 MAX_ENVELOPE: Final = envelope_length(len(BUCKETS) - 1, MAX_RECIPIENTS)
 MAX_PAGE: Final = 200
+#: GET /case-envelopes (protocol 18.5): at most 100 cases and 4 MiB of envelopes a page, or one largest envelope.
+MAX_BULK_PAGE: Final = 100
+BULK_PAGE_BYTES: Final = 4 * 1024 * 1024
+#: The page in JSON: its envelopes in base64, and up to about 1 KB of metadata per case.
+LIMIT_BULK_PAGE: Final = (BULK_PAGE_BYTES + MAX_ENVELOPE) * 4 // 3 + MAX_BULK_PAGE * 1024
 MAX_AUDIT_PAGE: Final = 500
 #: A full audit page: 500 entries of at most about 900 bytes each, with room to spare.
 LIMIT_AUDIT_PAGE: Final = 1024 * 1024
@@ -187,6 +193,26 @@ class CasePage:
     next: str | None
 
 
+@dataclass(frozen=True, slots=True, repr=False)
+class SealedCase:
+    """A case as ``GET /cases/{id}`` describes it, and its sealed contact envelope, from one bulk page."""
+
+    detail: CaseDetail
+    envelope: bytes
+
+    def __repr__(self) -> str:
+        return f"SealedCase({self.detail.case.case_id})"
+
+
+@dataclass(frozen=True, slots=True)
+class EnvelopePage:
+    """GET /case-envelopes: one page; ``total`` only on the first."""
+
+    cases: tuple[SealedCase, ...]
+    next: str | None
+    total: int | None
+
+
 @dataclass(frozen=True, slots=True)
 class PostedReply:
     message_id: str
@@ -268,8 +294,38 @@ def case_page(obj: JsonObject) -> CasePage:
     return CasePage(cases, cursor)
 
 
+def envelope_page(obj: JsonObject, *, first: bool) -> EnvelopePage:
+    """A bulk page (protocol 18.5); every envelope at most :data:`MAX_ENVELOPE`, no case twice."""
+    _members(obj, "envelope page", ("cases", "next", "total"))
+    cases = []
+    for value in _list(obj, "cases", MAX_BULK_PAGE):
+        item = _obj(value, "case")
+        _members(item, "case", (*_CASE_FIELDS, "messages", "escalations", "envelope"))
+        text = _str(item, "envelope", max_len=(MAX_ENVELOPE * 4 + 2) // 3)
+        try:
+            envelope = b64d(text, what="field 'envelope'")
+        except MalformedInput:
+            raise ProtocolViolation("field 'envelope' is not valid base64url") from None
+        cases.append(SealedCase(_detail_fields(item), envelope))
+    if len({c.detail.case.case_id for c in cases}) != len(cases):
+        raise ProtocolViolation("a case is on the page twice")
+    cursor = obj.get("next")
+    if cursor is not None and (not isinstance(cursor, str) or not _CURSOR.fullmatch(cursor)):
+        raise ProtocolViolation("field 'next' has an invalid form")
+    if cursor is not None and not cases:
+        raise ProtocolViolation("an empty page that is not the last")
+    total = None if obj.get("total") is None else _int(obj, "total", maximum=MAX_SAFE_INT)
+    if (total is None) == first:
+        raise ProtocolViolation("field 'total' belongs to the first page only")
+    return EnvelopePage(tuple(cases), cursor, total)
+
+
 def case_detail(obj: JsonObject) -> CaseDetail:
     _members(obj, "case", (*_CASE_FIELDS, "messages", "escalations"))
+    return _detail_fields(obj)
+
+
+def _detail_fields(obj: JsonObject) -> CaseDetail:
     messages = []
     for item in _list(obj, "messages", 100_000):
         m = _obj(item, "message")
@@ -451,6 +507,25 @@ class StaffClient(Transport):
         )
         return expect_bytes(answer)
 
+    async def case_envelopes(self, *, after: str | None = None, limit: int = MAX_BULK_PAGE) -> EnvelopePage:
+        """One page of this handler's cases with their sealed contacts (protocol 18.5)."""
+        if not 1 <= limit <= MAX_BULK_PAGE:
+            raise UsageError(f"ask for 1 to {MAX_BULK_PAGE} cases a page")
+        params = {"limit": str(limit)}
+        if after is not None:
+            params["after"] = after
+        answer = await self.call(
+            "GET",
+            self.url("case-envelopes"),
+            expect=(200,),
+            want="json",
+            limit=LIMIT_BULK_PAGE,
+            params=params,
+            headers=self._auth(),
+            timeout=UPLOAD_TIMEOUT,
+        )
+        return envelope_page(expect_json(answer), first=after is None)
+
     async def attachment_chunk(self, case_id: str, attachment: int, index: int) -> bytes:
         if not 0 <= attachment < 64 or not 0 <= index < 2**20:
             raise UsageError("attachment or chunk index out of range")
@@ -556,6 +631,9 @@ __all__ = [
     "CaseDetail",
     "CasePage",
     "CaseSummary",
+    "EnvelopePage",
+    "SealedCase",
+    "envelope_page",
     "EscalationRef",
     "MessageRef",
     "PostedReply",

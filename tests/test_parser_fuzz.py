@@ -273,6 +273,21 @@ ANSWERS: dict[str, tuple[Callable[[Any], object], Any]] = {
             "escalations": [{"package": ID, "day": DAY}],
         },
     ),
+    "envelope page": (
+        lambda v: staff_api.envelope_page(v, first=True),
+        {
+            "cases": [
+                {
+                    **CASE,
+                    "messages": [{"id": ID, "kind": "follow-up", "day": DAY, "seq": 1}],
+                    "escalations": [],
+                    "envelope": b64e(b"e" * 40),
+                }
+            ],
+            "next": f"{DAY}.{ID}",
+            "total": 1,
+        },
+    ),
     "enrolment": (
         staff_api.enrolment_answer,
         {

@@ -25,6 +25,7 @@ EXPECTED = """
 endpoint                                         anonymous admin owner same_pool other_pool revoked removed
 GET /me                                          401       200   200   200       200        401     200
 GET /cases                                       401       403   200   200       200        401     403
+GET /case-envelopes                              401       403   200   200       200        401     403
 GET /cases/{case}                                401       403   200   404       404        401     403
 GET /cases/{case}/envelope                       401       403   200   404       404        401     403
 GET /cases/{case}/attachments/0/chunks/0         401       403   200   404       404        401     403
@@ -109,6 +110,7 @@ def _none(w: World, actor: str) -> dict[str, Any]:
 ROWS: dict[str, Request] = {
     "GET /me": _none,
     "GET /cases": _none,
+    "GET /case-envelopes": _none,
     "GET /cases/{case}": _none,
     "GET /cases/{case}/envelope": _none,
     "GET /cases/{case}/attachments/0/chunks/0": _none,
@@ -221,7 +223,7 @@ async def test_admins_never_see_case_content(
 ) -> None:
     admin = await staff_calls.enrol_and_login("root", "admin")
     case_id, applicant = await new_case(staff, public_calls, owner="alice")
-    for path in ("/cases", f"/cases/{case_id}", f"/cases/{case_id}/envelope"):
+    for path in ("/cases", "/case-envelopes", f"/cases/{case_id}", f"/cases/{case_id}/envelope"):
         answer = await staff_calls.call("GET", "/staff/v1" + path, account=admin)
         assert answer.status == 403
         assert answer.body["error"]["code"] == "forbidden_role"
@@ -240,6 +242,11 @@ async def test_not_in_directory_and_unknown_case_look_alike_to_others(
     real = await staff_calls.call("GET", f"/staff/v1/cases/{case_id}", account=carol)
     fake = await staff_calls.call("GET", "/staff/v1/cases/AAAAAAAAAAAAAAAAAAAAAA", account=carol)
     assert (real.status, real.body) == (fake.status, fake.body)
+    # Nor does paging: carol's pages hold none of alice's cases, whatever the cursor.
+    for query in ("", "?limit=1", "?after=2000-01-01.00000000"):
+        page = await staff_calls.call("GET", "/staff/v1/case-envelopes" + query, account=carol)
+        assert (page.status, page.body["cases"]) == (200, [])
     stranger = await staff_calls.enrol_and_login("zed")  # an account, but never in the directory
-    answer = await staff_calls.call("GET", "/staff/v1/cases", account=stranger)
-    assert (answer.status, answer.body["error"]["code"]) == (403, "not_in_directory")
+    for path in ("/cases", "/case-envelopes"):
+        answer = await staff_calls.call("GET", "/staff/v1" + path, account=stranger)
+        assert (answer.status, answer.body["error"]["code"]) == (403, "not_in_directory")

@@ -26,7 +26,7 @@ from ..errors import error_middleware
 from ..keys import load_keys
 from ..periodic import Job, running
 from ..security import secure
-from . import accounts, admin, audit_api, cases, proposals
+from . import accounts, admin, audit_api, bulk, cases, proposals
 from .context import STAFF, Clock, Staff
 
 log = logging.getLogger("safepassage.server.staff")
@@ -76,6 +76,7 @@ def create_staff_app(config: ServerConfig, *, store: Store | None = None, clock:
     app.on_response_prepare.append(_bearer_challenge)
     app.add_routes(accounts.routes)
     app.add_routes(cases.routes)
+    app.add_routes(bulk.routes)
     app.add_routes(admin.routes)
     app.add_routes(proposals.routes)
     app.add_routes(audit_api.routes)

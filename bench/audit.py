@@ -1,7 +1,7 @@
 """What the signed hash chain costs: appends per second and entries verified per second.
 
-Run with ``python -m bench.audit --store sqlite`` (or ``--store postgresql``, which uses
-``SAFEPASSAGE_TEST_PG`` or the server at 127.0.0.1:5432 and a throwaway database).
+Run with ``python -m bench.audit --store sqlite`` (or ``--store postgresql``, on a database of
+its own: bench/pgdb.py). Not an issue-8 row: it prints figures without a target.
 
 * Appends: each transaction writes one audit entry, as every staff action does.
   The chained, signed append (:func:`safepassage.server.audit.append_audit`) is
@@ -18,17 +18,15 @@ from __future__ import annotations
 import argparse
 import asyncio
 import datetime as dt
-import os
 import statistics
 import tempfile
 import time
-import uuid
 from collections.abc import Awaitable, Callable
 from pathlib import Path
 
-import asyncpg
 from sqlalchemy import text
 
+from bench.pgdb import bench_database
 from safepassage.client.audit import check_audit_entries
 from safepassage.crypto.audit import GENESIS_PREV, AuditBody, AuditEntry
 from safepassage.crypto.keys import SigningKey
@@ -118,40 +116,17 @@ def _verification(n: int, rounds: int) -> None:
     print(f"  verification of {n} entries: parse only {p:8.0f}/s   full check {c:8.0f}/s   ratio {c / p:.2f}")
 
 
-async def _pg_database() -> tuple[str, Callable[[], Awaitable[None]]]:
-    dsn = os.environ.get("SAFEPASSAGE_TEST_PG", "postgresql://postgres@127.0.0.1:5432/test")
-    name = f"sp_bench_{uuid.uuid4().hex[:10]}"
-    admin = await asyncpg.connect(dsn)
-    await admin.execute(f'CREATE DATABASE "{name}"')
-    await admin.close()
-    base = dsn.rsplit("/", 1)[0]
-
-    async def drop() -> None:
-        conn = await asyncpg.connect(dsn)
-        await conn.execute(f'DROP DATABASE IF EXISTS "{name}" WITH (FORCE)')
-        await conn.close()
-
-    return f"{base.replace('postgresql://', 'postgresql+asyncpg://')}/{name}", drop
-
-
-async def main_async(store_kind: str, n: int, rounds: int) -> None:
-    with tempfile.TemporaryDirectory() as tmp:
-        drop: Callable[[], Awaitable[None]] | None = None
-        if store_kind == "sqlite":
-            url = f"sqlite+aiosqlite:///{Path(tmp) / 'bench.db'}"
-        else:
-            url, drop = await _pg_database()
-        try:
-            await asyncio.to_thread(migrate.upgrade, url)
-            store = Store(make_engine(url))
-            try:
-                print(f"audit log on {store_kind}, {n} transactions per measurement, median of {rounds}:")
-                await _appends(store, n, rounds)
-            finally:
-                await store.close()
-        finally:
-            if drop is not None:
-                await drop()
+async def main_async(store_kind: str, url: str, n: int, rounds: int) -> None:
+    await asyncio.to_thread(migrate.upgrade, url)
+    store = Store(make_engine(url))
+    try:
+        print(
+            f"audit log on {store_kind}, {n} transactions per measurement, median of {rounds} "
+            "(informational: no target)"
+        )
+        await _appends(store, n, rounds)
+    finally:
+        await store.close()
 
 
 def main() -> None:
@@ -160,7 +135,12 @@ def main() -> None:
     parser.add_argument("--n", type=int, default=300)
     parser.add_argument("--rounds", type=int, default=3)
     args = parser.parse_args()
-    asyncio.run(main_async(args.store, args.n, args.rounds))
+    if args.store == "sqlite":
+        with tempfile.TemporaryDirectory() as tmp:
+            asyncio.run(main_async(args.store, f"sqlite+aiosqlite:///{Path(tmp) / 'bench.db'}", args.n, args.rounds))
+    else:
+        with bench_database(None) as url:
+            asyncio.run(main_async(args.store, url, args.n, args.rounds))
     _verification(5000, args.rounds)
 
 

@@ -44,6 +44,7 @@ from pathlib import Path
 import pyotp
 from sqlalchemy import insert
 
+from bench.pgdb import bench_database
 from safepassage.client.handler import login
 from safepassage.client.handler_vault import open_handler_vault
 from safepassage.crypto import _primitives as P
@@ -57,7 +58,6 @@ from safepassage.server.db.models import Mailbox
 from safepassage.server.directory_store import load_published
 from tests.durability import World
 from tests.handler_env import PASSPHRASE, PASSWORD
-from tests.pg import PgServer, fresh_database
 
 EXE = str(Path(sys.executable).with_name("safepassage"))
 MESSAGE = "A message of a few hundred characters, as a first contact might be. " * 6
@@ -194,8 +194,8 @@ def main() -> None:
     with tempfile.TemporaryDirectory() as tmp:
         root = Path(tmp)
         if args.store == "postgresql":
-            # The machine's PostgreSQL (trust on loopback), a fresh database dropped afterwards.
-            with fresh_database(PgServer("127.0.0.1", 5432, "postgres", "test")) as url:
+            # A fresh database dropped afterwards (bench/pgdb.py says which server).
+            with bench_database(None) as url:
                 _run_world(root, url, args)
         else:
             _run_world(root, "", args)

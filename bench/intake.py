@@ -1,6 +1,6 @@
 """Contacts accepted per second by the real intake server, against a bare aiohttp baseline.
 
-Run with ``make bench-intake`` (or ``python -m bench.intake --store sqlite``).
+Run with ``python -m bench.intake --store sqlite`` (``make bench`` runs it on both stores).
 Both servers run as separate processes on loopback; this process sends the same
 pre-built submissions (smallest bucket, three recipients) over 64 keep-alive
 connections to each, interleaved round by round, and prints the median rate of
@@ -16,6 +16,7 @@ from __future__ import annotations
 
 import argparse
 import asyncio
+import contextlib
 import os
 import socket
 import statistics
@@ -29,6 +30,7 @@ from pathlib import Path
 
 import aiohttp
 
+from bench.pgdb import bench_database
 from safepassage.crypto import envelope as E
 from safepassage.crypto import pow as W
 from safepassage.crypto.codename import derive_applicant_keys, generate_codename
@@ -149,21 +151,17 @@ def _wait(base: str) -> None:
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__)
     parser.add_argument("--store", choices=["sqlite", "postgresql"], default="sqlite")
-    parser.add_argument("--database-url", default="postgresql+asyncpg://postgres@127.0.0.1:5432/test")
+    parser.add_argument("--database-url", help="a PostgreSQL database to create the bench's own beside (bench/pgdb.py)")
     parser.add_argument("--per-round", type=int, default=300)
     parser.add_argument("--rounds", type=int, default=3)
     parser.add_argument("--concurrency", type=int, default=64)
     args = parser.parse_args()
 
-    with tempfile.TemporaryDirectory() as tmp:
+    with tempfile.TemporaryDirectory() as tmp, contextlib.ExitStack() as stack:
         data_dir = Path(tmp) / "srv"
         data_dir.mkdir(mode=0o700)
-        url = ""
-        if args.store == "postgresql":
-            # A database of its own, dropped at the end; the admin URL's database is untouched.
-            name = f"sp_bench_{os.getpid()}"
-            _pg_admin(args.database_url, f'CREATE DATABASE "{name}"')
-            url = args.database_url.rsplit("/", 1)[0] + "/" + name
+        # PostgreSQL: a database of its own, dropped at the end.
+        url = stack.enter_context(bench_database(args.database_url)) if args.store == "postgresql" else ""
         _, raw_keys = _setup(data_dir, url)
         total = args.per_round * args.rounds
         with ProcessPoolExecutor() as pool:
@@ -174,7 +172,6 @@ def main() -> None:
             SAFEPASSAGE_POW_BASE_DIFFICULTY="1",
             SAFEPASSAGE_POW_MAX_DIFFICULTY="1",
             SAFEPASSAGE_RATE_LIMIT_PER_MINUTE="1000000",
-            SAFEPASSAGE_CHALLENGE_LIMIT_PER_MINUTE="1000000",
         )
         if url:
             env["SAFEPASSAGE_DATABASE_URL"] = url
@@ -195,8 +192,6 @@ def main() -> None:
             bare.terminate()
             server.wait()
             bare.wait()
-            if url:
-                _pg_admin(args.database_url, f'DROP DATABASE IF EXISTS "{url.rsplit("/", 1)[1]}" WITH (FORCE)')
     _report(args.store, total, oks, args.concurrency, rates, bare_rates)
     # CPU per request does not depend on what else the shared machine is doing, unlike rates.
     per = {k: v / total * 1000 for k, v in cpu.items()}
@@ -260,19 +255,6 @@ def _pow_verify_cost() -> float:
     for _ in range(50):
         W.verify_solution(key, text, 0, now=int(time.time()))
     return (time.perf_counter() - start) / 50
-
-
-def _pg_admin(url: str, statement: str) -> None:
-    import asyncpg
-
-    async def go() -> None:
-        conn = await asyncpg.connect(url.replace("postgresql+asyncpg://", "postgresql://"))
-        try:
-            await conn.execute(statement)
-        finally:
-            await conn.close()
-
-    asyncio.run(go())
 
 
 if __name__ == "__main__":

@@ -34,7 +34,8 @@ import aiohttp
 import asyncpg
 import pyotp
 
-from bench.intake import _build, _challenges, _pg_admin, _port, _setup, _wait
+from bench.intake import _build, _challenges, _port, _setup, _wait
+from bench.pgdb import bench_database
 
 HANDLERS = ("alice", "bob", "carol")
 PASSWORD = "a benchmark password, long enough"  # noqa: S105 - a throwaway account in a throwaway database
@@ -133,59 +134,62 @@ async def _measure(intake: str, staff: str, token: str, jobs: Jobs) -> dict[str,
 
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__)
-    parser.add_argument("--database-url", default="postgresql+asyncpg://postgres@127.0.0.1:5432/test")
+    parser.add_argument("--database-url", help="a PostgreSQL database to create the bench's own beside (bench/pgdb.py)")
     parser.add_argument("--small", type=int, default=1_000)
     parser.add_argument("--large", type=int, default=1_000_000)
     parser.add_argument("--samples", type=int, default=200)
     args = parser.parse_args()
-    name = f"sp_scale_{os.getpid()}"
-    _pg_admin(args.database_url, f'CREATE DATABASE "{name}"')
-    url = args.database_url.rsplit("/", 1)[0] + "/" + name
-    dsn = url.replace("postgresql+asyncpg://", "postgresql://")
     procs: list[subprocess.Popen[bytes]] = []
-    try:
-        with tempfile.TemporaryDirectory() as tmp:
-            data_dir = Path(tmp) / "srv"
-            data_dir.mkdir(mode=0o700)
-            _, raw_keys = _setup(data_dir, url)
-            with ProcessPoolExecutor() as pool:
-                built = list(pool.map(_build, [(raw_keys, "")] * (2 * args.samples), chunksize=20))
-            env = dict(
-                os.environ,
-                SAFEPASSAGE_DATABASE_URL=url,
-                SAFEPASSAGE_POW_BASE_DIFFICULTY="1",
-                SAFEPASSAGE_POW_MAX_DIFFICULTY="1",
-                SAFEPASSAGE_RATE_LIMIT_PER_MINUTE="1000000",
-                SAFEPASSAGE_CHALLENGE_LIMIT_PER_MINUTE="1000000",
-            )
-            exe = str(Path(sys.executable).with_name("safepassage"))
-            port, staff_port = _port(), _port()
-            for cmd in (["server", "run", "--port", str(port)], ["staff", "run", "--port", str(staff_port)]):
-                procs.append(
-                    subprocess.Popen(  # noqa: S603 - our own command with fixed arguments
-                        [exe, cmd[0], cmd[1], "--data", str(data_dir), *cmd[2:]], env=env, stderr=subprocess.DEVNULL
-                    )
-                )
-            intake, staff = f"http://127.0.0.1:{port}", f"http://127.0.0.1:{staff_port}"
-            _wait(intake)
-            _wait_any(staff)
-            token = asyncio.run(_session(staff, url, data_dir))
-            pows = asyncio.run(_challenges(intake, len(built)))
-            jobs = [(d, {**h, "Safe-Passage-PoW": p}) for (d, h), p in zip(built, pows, strict=True)]
-            results = {}
-            for size, chunk in ((args.small, jobs[: args.samples]), (args.large, jobs[args.samples :])):
-                loaded = time.perf_counter()
-                current = asyncio.run(_count(dsn))
-                asyncio.run(_bulk_load(dsn, current, size))
-                took = time.perf_counter() - loaded
-                asyncio.run(_measure(intake, staff, token, chunk[:10]))  # warm up
-                results[size] = (asyncio.run(_measure(intake, staff, token, chunk[10:])), took)
-    finally:
-        for proc in procs:
-            proc.terminate()
-            proc.wait()
-        _pg_admin(args.database_url, f'DROP DATABASE IF EXISTS "{name}" WITH (FORCE)')
+    with bench_database(args.database_url) as url:
+        dsn = url.replace("postgresql+asyncpg://", "postgresql://")
+        try:
+            results = _run(args, url, dsn, procs)
+        finally:
+            for proc in procs:
+                proc.terminate()
+                proc.wait()
     _report(args.small, args.large, results)
+
+
+def _run(
+    args: argparse.Namespace, url: str, dsn: str, procs: list[subprocess.Popen[bytes]]
+) -> dict[int, tuple[dict[str, list[float]], float]]:
+    with tempfile.TemporaryDirectory() as tmp:
+        data_dir = Path(tmp) / "srv"
+        data_dir.mkdir(mode=0o700)
+        _, raw_keys = _setup(data_dir, url)
+        with ProcessPoolExecutor() as pool:
+            built = list(pool.map(_build, [(raw_keys, "")] * (2 * args.samples), chunksize=20))
+        env = dict(
+            os.environ,
+            SAFEPASSAGE_DATABASE_URL=url,
+            SAFEPASSAGE_POW_BASE_DIFFICULTY="1",
+            SAFEPASSAGE_POW_MAX_DIFFICULTY="1",
+            SAFEPASSAGE_RATE_LIMIT_PER_MINUTE="1000000",
+        )
+        exe = str(Path(sys.executable).with_name("safepassage"))
+        port, staff_port = _port(), _port()
+        for cmd in (["server", "run", "--port", str(port)], ["staff", "run", "--port", str(staff_port)]):
+            procs.append(
+                subprocess.Popen(  # noqa: S603 - our own command with fixed arguments
+                    [exe, cmd[0], cmd[1], "--data", str(data_dir), *cmd[2:]], env=env, stderr=subprocess.DEVNULL
+                )
+            )
+        intake, staff = f"http://127.0.0.1:{port}", f"http://127.0.0.1:{staff_port}"
+        _wait(intake)
+        _wait_any(staff)
+        token = asyncio.run(_session(staff, url, data_dir))
+        pows = asyncio.run(_challenges(intake, len(built)))
+        jobs = [(d, {**h, "Safe-Passage-PoW": p}) for (d, h), p in zip(built, pows, strict=True)]
+        results = {}
+        for size, chunk in ((args.small, jobs[: args.samples]), (args.large, jobs[args.samples :])):
+            loaded = time.perf_counter()
+            current = asyncio.run(_count(dsn))
+            asyncio.run(_bulk_load(dsn, current, size))
+            took = time.perf_counter() - loaded
+            asyncio.run(_measure(intake, staff, token, chunk[:10]))  # warm up
+            results[size] = (asyncio.run(_measure(intake, staff, token, chunk[10:])), took)
+    return results
 
 
 async def _count(dsn: str) -> int:

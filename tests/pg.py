@@ -108,8 +108,10 @@ def _throwaway_cluster() -> Iterator[PgServer]:
         shutil.rmtree(root, ignore_errors=True)
 
 
-@pytest.fixture(scope="session")
-def pg_server() -> Iterator[PgServer]:
+@contextlib.contextmanager
+def reachable_server() -> Iterator[PgServer]:
+    """``SAFEPASSAGE_TEST_PG`` if set, else the server at 127.0.0.1:5432, else a throwaway cluster
+    started here (Debian's initdb) and stopped at the end. Raises when none can be had."""
     dsn = os.environ.get("SAFEPASSAGE_TEST_PG")
     if dsn:
         from urllib.parse import urlparse
@@ -121,8 +123,14 @@ def pg_server() -> Iterator[PgServer]:
     if run_sync(_probe(local.dsn("test"))):
         yield local
         return
+    with _throwaway_cluster() as server:
+        yield server
+
+
+@pytest.fixture(scope="session")
+def pg_server() -> Iterator[PgServer]:
     try:
-        with _throwaway_cluster() as server:
+        with reachable_server() as server:
             yield server
     except (RuntimeError, OSError, subprocess.CalledProcessError) as exc:
         if os.environ.get("CI"):

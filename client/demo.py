@@ -75,6 +75,7 @@ from safepassage.server.tor import ClientKey, OnionKey, write_client_key
 from safepassage.server.tornet import TorNet, TorNetError, build
 
 from .admin import create_admin_vault, enroll_admin
+from .admin import invite as admin_invite
 from .admin import login as admin_login
 from .admin import propose as admin_propose
 from .admin import publish as admin_publish
@@ -377,15 +378,8 @@ class _Demo:
         )
 
     async def enrol(self, name: str) -> None:
-        code, _ = await create_invitation(
-            self.store,
-            username=name,
-            role="handler",
-            now=int(time.time()),
-            day=self.staff_app[STAFF].today(),
-            actor="operator",
-            audit_key=self.keys.receipt,
-        )
+        # An admin (not the operator) invites each handler, as `safepassage admin invite` does.
+        code, _ = await admin_invite(self.admins[ADMINS[0]].paths, name, "handler")
         home = _private_dir(self.workdir / "handlers" / name)
         paths = HandlerPaths(home / f"{name}.vault")
         await self._tor_client_key(name, paths)
@@ -438,7 +432,7 @@ class _Demo:
         self.net.reload_handler_auth()
 
     async def enrol_handlers(self) -> None:
-        self.out.step(f"Two handlers enrol with invitations and TOTP: {', '.join(HANDLERS)}")
+        self.out.step(f"Admin ada invites two handlers; each enrols with it and TOTP: {', '.join(HANDLERS)}")
         handlers_dir = _private_dir(self.workdir / "handlers")
         handlers_dir.chmod(0o700)
         for name in HANDLERS:

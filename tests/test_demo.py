@@ -50,6 +50,16 @@ def test_demo_runs_the_whole_flow(tmp_path: Path) -> None:
     ):
         assert phrase in out, phrase
     assert MESSAGE not in out
+    # The real admin path, 2 of 3: ada and bram sign each directory and its head, cleo never
+    # needs to, and handlers are invited by an admin.
+    assert "ADMIN SET: 2 of 3 must sign" in out
+    for stage in ("directory", "head"):
+        for name in ("ada", "bram"):
+            assert f"{name} reviewed the diff and signed the {stage}" in out, (name, stage)
+    assert "cleo reviewed" not in out
+    assert re.search(r"ada publishes: directory version 1, log size 1", out)
+    assert re.search(r"ada publishes: directory version 2, log size 2", out)
+    assert "Admin ada invites two handlers" in out
 
     for sub in ("server", "integration", "applicant", "handlers/dana", "handlers/emil",
                 "admins/ada", "admins/bram", "admins/cleo"):  # fmt: skip

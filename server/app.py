@@ -43,9 +43,9 @@ CLOCK_SKEW_MARGIN = 600
 ORPHAN_BATCH = 500
 
 
-async def housekeeping(app: Intake) -> dict[str, int]:
-    """Delete what has expired; report counts only (to the caller, never to the log)."""
-    now = int(time.time())
+async def housekeeping(app: Intake, now: int | None = None) -> dict[str, int]:
+    """Delete what has expired by ``now`` (default: the clock); report counts only (to the caller, never to the log)."""
+    now = int(time.time()) if now is None else now
     async with app.store.write() as session:
         expired = await session.execute(
             delete(Contact)

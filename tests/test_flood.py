@@ -14,8 +14,10 @@ of work, slow bodies, many parallel 1 MiB uploads) run for ``FLOOD_SECONDS``
 * the server's resident memory is sampled; its growth stays under 96 MiB;
 
 and afterwards nothing the flood sent is stored: the contacts and mailboxes
-are exactly the applicant's (spent challenges stay, by design, until they
-expire: docs/protocol.md 12.5).
+are exactly the applicant's, with no chunk, message or mailbox nonce; the
+challenges the flood spent stay, by design, until they expire
+(docs/protocol.md 12.5), and the intake's housekeeping run as of that moment
+removes every one.
 
 Proof-of-work challenges have no cap (a global cap on a free request is a
 budget whoever asks fastest takes: with one, ``make soak`` locked applicants
@@ -42,10 +44,12 @@ from sqlalchemy import func, select
 from safepassage.client.applicant import send_contact
 from safepassage.client.intake_api import IntakeClient
 from safepassage.client.trust import fetch_trusted_directory
+from safepassage.server.app import CLOCK_SKEW_MARGIN, housekeeping
 from safepassage.server.config import load_config
-from safepassage.server.context import INTAKE
+from safepassage.server.context import INTAKE, Intake
 from safepassage.server.db.engine import Store, make_engine
-from safepassage.server.db.models import Chunk, Contact, Mailbox
+from safepassage.server.db.models import Chunk, Contact, Mailbox, MailboxNonce, Message, SpentChallenge
+from safepassage.server.keys import load_keys
 from safepassage.server.limits import WorkGate
 
 from .deployment import Deployment, now_ts
@@ -150,18 +154,34 @@ async def test_flood_leaves_room_for_a_real_applicant(tmp_path: Path) -> None:
     assert max(times) < BUDGET_SECONDS, times
     assert peak - idle < MEMORY_GROWTH_MIB, (idle, peak)
 
-    store = Store(make_engine(load_config(data).url))
+    config = load_config(data)
+    store = Store(make_engine(config.url))
     try:
-        async with store.read() as session:
-            contacts = await session.scalar(select(func.count()).select_from(Contact))
-            mailboxes = await session.scalar(select(func.count()).select_from(Mailbox))
-            chunks = await session.scalar(select(func.count()).select_from(Chunk))
+        stored = await _counts(store)
+        # The applicant's contacts (one before the flood, the rest during it) and nothing else.
+        assert stored[Contact] == len(times) + 1
+        assert stored[Mailbox] == len(times) + 1
+        assert (stored[Chunk], stored[Message], stored[MailboxNonce]) == (0, 0, 0)
+        # What the flood did leave: the challenges it spent (each refused or replayed one), kept
+        # until they expire so they cannot be replayed (protocol 12.5). The intake's own
+        # housekeeping, run as of the moment they expire, removes every one.
+        unsolved = summary["unsolved"]["unsolved 403"]  # each spent its challenge, then failed the work
+        assert stored[SpentChallenge] >= unsolved + len(times) + 1, (stored, unsolved)
+        # Expiries are rounded up to the hour (protocol 12.5), then kept a clock-skew margin longer.
+        later = int(time.time()) + config.pow_lifetime + 3600 + CLOCK_SKEW_MARGIN
+        counts = await housekeeping(Intake.create(config, load_keys(config.keys_dir), store), now=later)
+        assert counts["expired_challenges"] == stored[SpentChallenge]
+        after = await _counts(store)
+        assert after[SpentChallenge] == 0
+        assert after[Contact] == stored[Contact]  # the applicant's complete contacts stay
     finally:
         await store.close()
-    # The applicant's contacts (one before the flood, the rest during it) and nothing else.
-    assert contacts == len(times) + 1
-    assert mailboxes == len(times) + 1
-    assert chunks == 0
+
+
+async def _counts(store: Store) -> dict[type, int]:
+    tables = (Contact, Mailbox, Chunk, Message, MailboxNonce, SpentChallenge)
+    async with store.read() as session:
+        return {t: int(await session.scalar(select(func.count()).select_from(t)) or 0) for t in tables}
 
 
 @pytest.mark.parametrize("database_url", ["sqlite"], indirect=True)

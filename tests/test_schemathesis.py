@@ -100,7 +100,8 @@ async def st_run(api: str, base_url: str, config: Path, *extra: str, pinned: boo
     assert proc.returncode == 0, report
     generated = re.search(r"(\d+) generated, (\d+) passed", report)
     assert generated is not None, report
-    assert generated[1] == generated[2], report
+    # Failures already make the return code non-zero; this checks the run generated cases at all.
+    assert int(generated[1]) > 0, report
     return report
 
 

@@ -13,8 +13,9 @@ from __future__ import annotations
 import time
 from dataclasses import dataclass
 
-from sqlalchemy import delete, select, text, update
+from sqlalchemy import delete, func, select, text, update
 from sqlalchemy.ext.asyncio import AsyncSession
+from sqlalchemy.orm import Session
 
 from safepassage.crypto.directory import Directory, SignedDirectory, verify_genesis, verify_successor
 from safepassage.crypto.encoding import as_obj, canonical_json, parse_canonical_json
@@ -24,6 +25,7 @@ from safepassage.crypto.translog import MerkleLog, SignedTreeHead, leaf_hash
 
 from .db.engine import Store
 from .db.models import DirectoryProposal, LogEntry, StaffSession, TreeHeadRecord
+from .errors import ApiError
 from .retention_policy import InvalidRetentionPolicy, retention_policy
 from .routing import log_entries, reassign_orphaned_cases
 
@@ -52,6 +54,26 @@ class Published:
     @property
     def directory(self) -> Directory:
         return self.signed.directory
+
+
+def hold_current_directory_sync(session: Session, routed_by: Published) -> None:
+    """In a transaction that routes a new case by the directory ``routed_by``: refuse if a newer one
+    was published meanwhile (409 ``directory_changed``), so that no case goes to a handler a
+    publication just revoked.
+
+    A publication moves the open cases of handlers it removes in its own transaction
+    (:func:`reassign_orphaned_cases`); a case stored after that commit by a front end that has
+    not yet noticed the publication would stay with the revoked handler. On PostgreSQL the
+    shared lock makes a publication (which takes the same lock exclusively) wait for the
+    submissions in flight, and a submission wait for a publication in flight, so one of the
+    two always sees the other. SQLite writes are serialised by the store's lock.
+    """
+    if session.get_bind().dialect.name == "postgresql":
+        session.execute(text("SELECT pg_advisory_xact_lock_shared(:key)"), {"key": PUBLICATION_LOCK})
+    if session.scalar(select(func.max(LogEntry.index))) != routed_by.index:
+        raise ApiError(
+            409, "directory_changed", "A new directory was published while this was sent; fetch it and send again."
+        )
 
 
 def parse_signed_head(data: bytes) -> SignedTreeHead:

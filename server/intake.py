@@ -43,6 +43,7 @@ from safepassage.crypto.translog import MAX_PROOF_LEN
 
 from .context import Intake, intake_of
 from .db.models import Chunk, Contact, Mailbox, MailboxNonce, Message, SpentChallenge
+from .directory_store import hold_current_directory_sync
 from .errors import ApiError, bad_request, from_crypto
 from .inputs import body_parts, check_chunk_order, read_chunk_frame
 from .inputs import header_bytes as _header_bytes
@@ -408,7 +409,8 @@ async def submit_contact(request: web.Request) -> web.Response:
     data = await _read_binary(request, MAX_ENVELOPE)
     header = _check_envelope(app, data, E.Purpose.CONTACT, pool, now)
     _check_submission(request, data, kind="contact", pool=pool, attachments=attachments, contact_id="", key=mailbox_key)
-    candidates = [h.handler_id for h, key in app.published().directory.recipients(pool, now)]
+    routed_by = app.published()
+    candidates = [h.handler_id for h, key in routed_by.directory.recipients(pool, now)]
     mailbox_id = mailbox_key.key_id.hex()
     contact_id = _new_id()
     token = secrets.token_urlsafe(32) if attachments else None
@@ -421,6 +423,7 @@ async def submit_contact(request: web.Request) -> web.Response:
             session.add(Mailbox(id=mailbox_id, public_key=mailbox_key.public_bytes_raw(), created_day=today))
         else:
             _check_quota_sync(session, app, mailbox_id, today)
+        hold_current_directory_sync(session, routed_by)
         owner = choose_owner_sync(session, pool, candidates)
         session.add(
             Contact(
@@ -442,7 +445,12 @@ async def submit_contact(request: web.Request) -> web.Response:
         )
         _flush_or_conflict_sync(session)
 
-    await _write_paid(app, spent, store)
+    try:
+        await _write_paid(app, spent, store)
+    except ApiError as exc:
+        if exc.code == "directory_changed":
+            await app.refresh()  # the next submission is checked against the new directory
+        raise
     stored = _Stored(contact_id, envelope_hash, today)
     if token is not None:
         return web.json_response({"contact": contact_id, "status": "pending", "upload_token": token}, status=201)

@@ -30,7 +30,7 @@ from safepassage.server.keys import RECEIPT_NEXT_FILE, ReceiptKeyPending, create
 
 from .deployment import now_ts
 from .helpers import signing_key
-from .intake_calls import Calls
+from .intake_calls import Applicant, Calls
 from .staff_deployment import Account, StaffCalls, StaffDeployment, add_handlers, new_case, roster_directory
 
 pytestmark = pytest.mark.timeout(240)
@@ -190,6 +190,45 @@ async def test_revocation_ends_sessions_and_moves_cases_to_a_reader(
     assert (await staff_calls.call("GET", "/staff/v1/cases", account=carol)).status == 401
     async with dep.store.read() as session:
         owner = await session.scalar(select(Contact.owner).where(Contact.id == case_id))
+    assert owner in {"alice", "bob"}
+
+
+async def test_a_contact_routed_by_the_directory_before_a_revocation_is_refused(
+    staff: StaffDeployment, staff_calls: StaffCalls, public_calls: Calls
+) -> None:
+    """A front end that has not yet noticed a publication (it looks every 2 s) must not give a new
+    case to the handler that publication removed: the publication moved that handler's open cases
+    in its own transaction, and would never move this one."""
+    dep = staff.dep
+    intake = dep.app[INTAKE]
+    admin = await _admin(staff_calls)
+    await intake.refresh()
+    before = intake.published()
+    assert "carol" in {h.handler_id for h, _ in before.directory.recipients("general", now_ts())}
+    without_carol = roster_directory(dep, 2, {k: v for k, v in ROSTER.items() if k != "carol"})
+    await _ceremony(staff_calls, admin, without_carol, dep.org.admins[:2])
+    intake._published = before  # as on a front end whose next look is still to come
+    applicant = Applicant()
+    keys = [key for _, key in before.directory.recipients("general", now_ts())]
+    sealed = E.seal(applicant.contact("general"), keys, E.Purpose.CONTACT)
+    headers = applicant.submission_headers(sealed.data, "general", 0, await public_calls.pow_header())
+    path = "/api/v1/contacts?pool=general&attachments=0"
+    answer = await public_calls.call("POST", path, data=sealed.data, headers=headers)
+    # 409 from the check in the submission's transaction; 422 only if the periodic look got
+    # there first (the envelope is sealed to carol, who is no longer listed).
+    assert (answer.status, answer.body["error"]["code"]) in {(409, "directory_changed"), (422, "recipients_mismatch")}
+    assert intake.published().index == before.index + 1  # the refusal loaded the new directory
+    async with dep.store.read() as session:
+        assert (await session.scalars(select(Contact.owner))).all() == []
+    # Sealed again to the current keys, the contact goes to a handler still listed.
+    applicant = Applicant()
+    keys = [key for _, key in without_carol.recipients("general", now_ts())]
+    sealed = E.seal(applicant.contact("general"), keys, E.Purpose.CONTACT)
+    headers = applicant.submission_headers(sealed.data, "general", 0, await public_calls.pow_header())
+    again = await public_calls.call("POST", path, data=sealed.data, headers=headers)
+    assert again.status == 201, again.body
+    async with dep.store.read() as session:
+        owner = await session.scalar(select(Contact.owner).where(Contact.id == again.body["contact"]))
     assert owner in {"alice", "bob"}
 
 

@@ -33,6 +33,7 @@ from dataclasses import dataclass
 from typing import Final
 
 from sqlalchemy import func, select
+from sqlalchemy.ext.asyncio import AsyncSession
 
 from safepassage.crypto import pow as W
 from safepassage.crypto.codename import ApplicantKeys, Codename, derive_applicant_keys, generate_codename
@@ -56,6 +57,7 @@ from .. import intake as api
 from ..context import Intake
 from ..db.models import Chunk, Mailbox, Message, SpentChallenge
 from ..db.models import Contact as ContactRow
+from ..directory_store import Published, hold_current_directory_sync
 from ..errors import ApiError, bad_request
 from ..inputs import round_up_hour
 from ..limits import RateLimiter
@@ -144,6 +146,20 @@ def _recipients(app: Intake, pool: str, now: int) -> list[tuple[Handler, HybridP
         raise ApiError(503, "pool_unavailable", "Nobody in this pool can receive messages right now.") from None
 
 
+@contextlib.asynccontextmanager
+async def _routing_by(app: Intake, routed_by: Published) -> AsyncIterator[AsyncSession]:
+    """A write transaction that stores a new case routed by ``routed_by``: refused with 409
+    ``directory_changed`` if a newer directory was published meanwhile (which is then loaded)."""
+    try:
+        async with api._writing(app) as session:
+            await session.run_sync(hold_current_directory_sync, routed_by)
+            yield session
+    except ApiError as exc:
+        if exc.code == "directory_changed":
+            await app.refresh()
+        raise
+
+
 def _fits(body: dict[str, object]) -> None:
     if len(canonical_json(body)) + _SIGNED_OVERHEAD > MAX_BODY:  # type: ignore[arg-type]
         raise ApiError(413, "message_too_long", "The message is too long for one envelope.")
@@ -206,6 +222,7 @@ async def seal_contact(app: Intake, sealer: WebSealer, form: ContactForm, *, lan
     cfg = app.config
     now, today = _now(), api._today()
     pool = form.get("pool")
+    routed_by = app.published()
     recipients = _recipients(app, pool, now)
     if len(form.files) > cfg.max_attachments:
         raise ApiError(413, "too_many_attachments", "Too many attached files.")
@@ -242,7 +259,7 @@ async def seal_contact(app: Intake, sealer: WebSealer, form: ContactForm, *, lan
     mailbox_id = keys.mailbox_id.hex()
     contact_id = api._new_id()
     candidates = [h.handler_id for h, _ in recipients]
-    async with api._writing(app) as session:
+    async with _routing_by(app, routed_by) as session:
         # A fresh codename: this mailbox is new (a collision of 2^-128 would be refused here).
         session.add(
             Mailbox(id=mailbox_id, public_key=keys.mailbox_key.verify_key.public_bytes_raw(), created_day=today)

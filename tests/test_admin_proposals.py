@@ -150,21 +150,32 @@ async def test_rogue_handler_signed_by_one_admin_never_receives_a_contact(
     assert (await _publish(staff_calls, admin, pid, 409))["error"]["code"] == "not_ready"
 
     await staff.refresh()
-    case_id, _ = await new_case(staff, public_calls, owner="alice")
+    # Real applicants, as the client does it: the served directory, verified, and the contact
+    # routed by the server (no owner chosen here).
+    async with IntakeClient(dep.base_url) as client:
+        trusted = await fetch_trusted_directory(client, dep.org.admin_set.fingerprint(), None, now_ts())
+        assert trusted.directory.version == 1
+        assert "rogue" not in {h.handler_id for h in trusted.directory.handlers}
+        sent = [
+            await send_contact(client, trusted, pool="general", language="en", message="x", fields={}, attachments=[])
+            for _ in range(6)
+        ]
     rogue_key = dep.org.intake["rogue"].public_key.key_id
     async with dep.store.read() as session:
         rows = (await session.execute(select(Contact.id, Contact.owner, Contact.envelope))).all()
-    assert [r.id for r in rows] == [case_id]
-    assert all(r.owner != "rogue" for r in rows)
-    assert rogue_key not in E.parse_header(rows[0].envelope).recipients
-    served = await _served(staff)
-    assert served.version == 1
-    assert "rogue" not in {h.handler_id for h in served.handlers}
+    assert sorted(r.id for r in rows) == sorted(s.contact_id for s in sent)
+    assert {r.owner for r in rows} <= {"alice", "bob", "carol"}
+    assert len({r.owner for r in rows}) > 1  # routed among the listed handlers, not pinned to one
+    for row in rows:
+        assert rogue_key not in E.parse_header(row.envelope).recipients
+    # The rogue enrols (an invitation is all one admin needs) and still sees nothing.
+    rogue = await staff_calls.enrol_and_login("rogue")
+    for path in ("/cases", "/case-envelopes"):
+        answer = await staff_calls.call("GET", "/staff/v1" + path, account=rogue)
+        assert (answer.status, answer.body["error"]["code"]) == (403, "not_in_directory")
     # The server also refuses an envelope sealed to the rogue key as well.
     intake = [k for _, k in dep.directory.recipients("general", now_ts())]
     sealed = E.seal(b"x", [*intake, dep.org.intake["rogue"].public_key], E.Purpose.CONTACT)
-    from .intake_calls import Applicant
-
     applicant = Applicant()
     headers = applicant.submission_headers(sealed.data, "general", 0, await public_calls.pow_header())
     answer = await public_calls.call("POST", "/api/v1/contacts?pool=general", data=sealed.data, headers=headers)

@@ -7,6 +7,7 @@ documented 4xx and leaves every table exactly as it was.
 from __future__ import annotations
 
 import asyncio
+import dataclasses
 import datetime as dt
 import hashlib
 import io
@@ -20,9 +21,10 @@ from sqlalchemy import select, update
 
 from safepassage.crypto import envelope as E
 from safepassage.crypto import pow as W
+from safepassage.crypto.directory import Handler, IntakeKey
 from safepassage.crypto.encoding import b64d, b64e, canonical_json
 from safepassage.crypto.intake import AttachmentInfo, Contact, sign_mailbox_auth
-from safepassage.crypto.keys import HybridPublicKey
+from safepassage.crypto.keys import HybridPrivateKey, HybridPublicKey
 from safepassage.crypto.receipt import Receipt
 from safepassage.crypto.translog import SignedTreeHead, check_extension, leaf_hash, verify_inclusion
 from safepassage.server.app import housekeeping
@@ -32,6 +34,7 @@ from safepassage.server.db.models import Contact as ContactRow
 from safepassage.server.security import HEADERS
 
 from .deployment import Deployment, now_ts
+from .helpers import DAY
 from .intake_calls import CANARY, Answer, Applicant, Calls, seal_for
 
 
@@ -330,6 +333,33 @@ async def test_bad_envelope_framing(calls: Calls, deployment: Deployment) -> Non
     good = seal_for(recipients(deployment), applicant.contact()).data
     await refused(deployment, 400, "malformed_envelope", submit(calls, deployment, applicant, envelope=good[:-1]))
     await refused(deployment, 400, "malformed_envelope", submit(calls, deployment, applicant, envelope=b"garbage"))
+
+
+async def test_an_envelope_sealed_to_an_expired_intake_key_is_refused(calls: Calls, deployment: Deployment) -> None:
+    """After a rotation the old keys stay listed (readers may still hold them) but their window
+    is over: a contact sealed to them is refused and nothing is stored; one sealed to the next keys
+    is accepted."""
+    org, now = deployment.org, now_ts()
+    fresh = {hid: HybridPrivateKey.generate() for hid in org.handler_ids}
+
+    def rotated(handler: Handler) -> Handler:
+        hid, identity = handler.handler_id, org.identities[handler.handler_id]
+        old = IntakeKey.create(hid, identity, org.intake[hid].public_key, not_before=now - 8 * DAY, not_after=now - 60)
+        new = IntakeKey.create(hid, identity, fresh[hid].public_key, not_before=now - 60, not_after=now + 7 * DAY)
+        return dataclasses.replace(handler, intake_keys=(old, new))
+
+    current = deployment.directory
+    await deployment.publish(
+        dataclasses.replace(current, version=current.version + 1, handlers=tuple(map(rotated, current.handlers)))
+    )
+    await deployment.app[INTAKE].refresh()
+    applicant = Applicant()
+    expired = [org.intake[h.handler_id].public_key for h in current.pool_handlers("general")]
+    stale = seal_for(expired, applicant.contact()).data
+    await refused(deployment, 422, "recipients_mismatch", submit(calls, deployment, applicant, envelope=stale))
+    listed = [fresh[h.handler_id].public_key for h in current.pool_handlers("general")]
+    answer, _ = await submit(calls, deployment, applicant, envelope=seal_for(listed, applicant.contact()).data)
+    assert answer.status == 201, answer.body
 
 
 async def test_wrong_purpose(calls: Calls, deployment: Deployment) -> None:

@@ -116,6 +116,7 @@ def publish_cmd(data_dir: Path, directory_file: Path, head_file: Path) -> None:
                 org_fingerprint=config.org_fingerprint,
                 receipt_key=keys.receipt.verify_key,
                 next_receipt_key=waiting.verify_key if waiting is not None else None,
+                audit_key=keys.receipt,
             )
         finally:
             await store.close()

@@ -10,6 +10,7 @@ at publication, not as every applicant's client failing.
 
 from __future__ import annotations
 
+import datetime as dt
 import time
 from dataclasses import dataclass
 
@@ -20,9 +21,10 @@ from sqlalchemy.orm import Session
 from safepassage.crypto.directory import Directory, SignedDirectory, verify_genesis, verify_successor
 from safepassage.crypto.encoding import as_obj, canonical_json, parse_canonical_json
 from safepassage.crypto.errors import SafePassageError
-from safepassage.crypto.keys import VerifyKey
+from safepassage.crypto.keys import SigningKey, VerifyKey
 from safepassage.crypto.translog import MerkleLog, SignedTreeHead, leaf_hash
 
+from .audit import append_audit
 from .db.engine import Store
 from .db.models import DirectoryProposal, LogEntry, StaffSession, TreeHeadRecord
 from .errors import ApiError
@@ -162,6 +164,13 @@ class Effects:
     moved_cases: int
     stranded_cases: int
 
+    def summary(self, version: int) -> str:
+        """The audit entry's detail: counts only."""
+        return (
+            f"directory version {version}; removed {len(self.removed_handlers)} handler(s),"
+            f" moved {self.moved_cases} case(s), stranded {self.stranded_cases}"
+        )
+
 
 async def publish_in(
     session: AsyncSession,
@@ -218,10 +227,15 @@ async def publish(
     org_fingerprint: str,
     receipt_key: VerifyKey,
     next_receipt_key: VerifyKey | None = None,
+    audit_key: SigningKey | None = None,
 ) -> Published:
-    """Append ``signed`` to the log and serve ``head``; all or nothing."""
+    """Append ``signed`` to the log and serve ``head``; all or nothing.
+
+    With ``audit_key`` (``server publish`` passes the receipt key) the publication and what it
+    did are appended to the audit log (protocol 20) as the operator's, in the same transaction.
+    """
     async with store.write() as session:
-        await publish_in(
+        effects = await publish_in(
             session,
             signed,
             head,
@@ -229,6 +243,15 @@ async def publish(
             receipt_key=receipt_key,
             next_receipt_key=next_receipt_key,
         )
+        if audit_key is not None:
+            await append_audit(
+                session,
+                audit_key,
+                day=dt.datetime.now(dt.UTC).date(),
+                actor="operator",
+                action="publish",
+                detail=effects.summary(signed.directory.version),
+            )
     published = await load_published(store)
     if published is None:
         raise PublishRefused("the publication could not be read back")

@@ -92,9 +92,9 @@ async def test_a_normal_chain_verifies_and_names_its_head(staff: StaffDeployment
 
 
 def _wire_of(row: AuditLogEntry) -> dict[str, object]:
-    from safepassage.server.staff.audit_api import _wire
+    from safepassage.server.staff.audit_api import wire
 
-    return _wire(row)
+    return wire(row)
 
 
 async def test_paging_returns_every_entry_once(staff: StaffDeployment, staff_calls: StaffCalls) -> None:

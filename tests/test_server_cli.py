@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import asyncio
 import json
 import signal
 import socket
@@ -12,9 +13,14 @@ import time
 import urllib.request
 from pathlib import Path
 
-from safepassage.crypto.encoding import b64d, canonical_json
+from safepassage.client.audit import check_audit_entries
+from safepassage.crypto.encoding import JsonObject, b64d, canonical_json
 from safepassage.crypto.keys import SigningKey, VerifyKey
 from safepassage.crypto.translog import MerkleLog
+from safepassage.server.audit import read_head, read_page
+from safepassage.server.config import load_config
+from safepassage.server.db.engine import Store, make_engine
+from safepassage.server.staff.audit_api import wire as audit_wire
 
 from .deployment import now_ts
 from .helpers import Org
@@ -31,6 +37,17 @@ def _free_port() -> int:
         s.bind(("127.0.0.1", 0))
         port: int = s.getsockname()[1]
         return port
+
+
+async def _audit_log(data: Path) -> tuple[list[JsonObject], int, bytes]:
+    store = Store(make_engine(load_config(data).url))
+    try:
+        async with store.read() as session:
+            rows = await read_page(session, after=0, limit=100)
+            head_seq, head_hash = await read_head(session)
+    finally:
+        await store.close()
+    return [audit_wire(row) for row in rows], head_seq, head_hash
 
 
 def test_init_refuses_bad_input_and_leaves_nothing(tmp_path: Path) -> None:
@@ -71,6 +88,13 @@ def test_init_publish_run_and_serve(tmp_path: Path) -> None:
     replayed = run("server", "publish", "--data", str(data), str(tmp_path / "dir.json"), str(tmp_path / "head.json"))
     assert replayed.returncode == 2
     assert replayed.stderr.startswith("error: The server refused to publish")
+    # The publication is in the audit log as the operator's, signed by this server's receipt
+    # key; the refused one left nothing.
+    entries, head_seq, head_hash = asyncio.run(_audit_log(data))
+    assert [(e["actor"], e["action"]) for e in entries] == [("operator", "publish")]
+    assert str(entries[0]["detail"]).startswith("directory version 1; removed 0 handler(s)")
+    report = check_audit_entries(entries, [receipt_key], head_seq=head_seq, head_hash=head_hash)
+    assert report.ok, report.findings
 
     assert run("server", "migrate", "--data", str(data)).returncode == 0
 

@@ -28,7 +28,7 @@ DEFAULT_PAGE: Final = 100
 MAX_SEQ: Final = 2**53 - 1
 
 
-def _wire(row: AuditLogEntry) -> dict[str, Any]:
+def wire(row: AuditLogEntry) -> dict[str, Any]:
     return {
         "seq": row.seq,
         "prev": b64e(row.prev_hash),
@@ -53,4 +53,4 @@ async def audit_page(request: web.Request) -> web.Response:
     async with staff_of(request).store.read() as session:
         rows = await read_page(session, after=after, limit=limit)
         head_seq, head_hash = await read_head(session)
-    return web.json_response({"entries": [_wire(r) for r in rows], "head": {"seq": head_seq, "hash": b64e(head_hash)}})
+    return web.json_response({"entries": [wire(r) for r in rows], "head": {"seq": head_seq, "hash": b64e(head_hash)}})

@@ -299,11 +299,7 @@ async def publish_proposal(request: web.Request) -> web.Response:
             # Another publication of this version won the race (the log index is a primary key).
             raise ApiError(409, "stale_proposal", "Another directory version was published first.") from None
         row.state = "published"
-        detail = (
-            f"directory version {directory.version}; removed {len(effects.removed_handlers)} handler(s),"
-            f" moved {effects.moved_cases} case(s), stranded {effects.stranded_cases}"
-        )
-        await staff.audit(session, caller.username, "publish", detail=detail)
+        await staff.audit(session, caller.username, "publish", detail=effects.summary(directory.version))
         result: dict[str, JsonValue] = {
             "version": directory.version,
             "size": head.size,

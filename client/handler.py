@@ -62,6 +62,7 @@ from safepassage.crypto.vault import (
 from .case_files import OutputFolderError, SavedAttachment, Staging
 from .errors import ClientError, ProtocolViolation, ServerRefused, UsageError
 from .handler_archive import CaseSource, source_for
+from .handler_schedule import rotation_notices
 from .handler_vault import (
     HandlerKeys,
     HandlerPaths,
@@ -75,6 +76,7 @@ from .handler_vault import (
     forget_session,
     new_vault_contents,
     open_handler_vault,
+    read_enrolment_document,
     vault_lock,
 )
 from .intake_api import IntakeClient
@@ -172,6 +174,8 @@ class CaseReading:
     escalations: tuple[str, ...]
     verified: tuple[str, ...]
     warnings: tuple[str, ...]
+    #: About this handler's intake keys, not the case (client/handler_schedule.py).
+    key_notices: tuple[str, ...] = ()
 
     def __repr__(self) -> str:
         return f"CaseReading({self.case.case_id}, {len(self.attachments)} attachment(s))"
@@ -578,7 +582,38 @@ async def read_case(
         async with _staff(paths, socks, now) as staff:
             source = source_for(paths, staff, case_id)
             case = await _open_case(staff, source, keys, case_id)
-            return await _complete_reading(source, keys, trusted.directory, case, Path(out_dir))
+            reading = await _complete_reading(source, keys, trusted.directory, case, Path(out_dir))
+    notices = rotation_notices(
+        trusted.directory,
+        keys.handler_id,
+        now,
+        held=[k.entry for k in keys.intake],
+        next_key_made=_next_key_waiting(paths, trusted.directory, now),
+    )
+    return dataclasses.replace(reading, key_notices=notices)
+
+
+def _next_key_waiting(paths: HandlerPaths, directory: Directory, now: int) -> bool:
+    """Whether ``handler rotate`` made a next key the admins have not listed yet."""
+    try:
+        _, _, entry = read_enrolment_document(paths.next_intake_key)
+    except (OSError, SafePassageError):
+        return False
+    listed = {k.key.key_id for h in directory.handlers for k in h.intake_keys}
+    return entry.key.key_id not in listed and entry.not_after > now
+
+
+async def key_schedule(
+    paths: HandlerPaths, *, intake: str | None = None, socks: str | None = None, now: int | None = None
+) -> tuple[str, ...]:
+    """What the handler must do about intake keys, from the verified directory (no vault needed)."""
+    now = _now(now)
+    profile = Profile.load(paths)
+    if profile is None:
+        return ()
+    trusted = await _trusted(paths, profile.org, intake, socks, now)
+    waiting = _next_key_waiting(paths, trusted.directory, now)
+    return rotation_notices(trusted.directory, profile.handler_id, now, next_key_made=waiting)
 
 
 async def _complete_reading(

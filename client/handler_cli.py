@@ -34,6 +34,7 @@ from .handler import (
     escalate,
     handover,
     inbox,
+    key_schedule,
     login,
     logout,
     read_case,
@@ -246,8 +247,11 @@ def login_command(
     """Log in to the staff server (password and TOTP code); the session is kept beside the vault."""
     password = _password(password_file)
     code = _totp(totp_code)
-    saved = _run(login(HandlerPaths(vault), password=password, code=code, username=username, staff=staff, socks=socks))
+    paths = HandlerPaths(vault)
+    saved = _run(login(paths, password=password, code=code, username=username, staff=staff, socks=socks))
     click.echo(f"Logged in as {saved.username} ({saved.role}) until {_day(saved.absolute_expires)} at the latest.")
+    for notice in _run(key_schedule(paths, socks=socks)):
+        click.echo(f"warning: {notice}", err=True)
 
 
 @handler.command("logout")
@@ -262,7 +266,12 @@ def logout_command(vault: Path, socks: str | None) -> None:
 @handler.command("rotate")
 @_vault
 @_passphrase_file
-@click.option("--days", type=click.IntRange(1, 90), default=7, show_default=True, help="The new key's validity.")
+@click.option(
+    "--days",
+    type=click.IntRange(1, 90),
+    default=None,
+    help="The new key's validity in days (default: the admins' policy, intake_key_days, else 7).",
+)
 @click.option("--no-new-key", is_flag=True, help="Only destroy expired keys (after archiving their cases).")
 @click.option("--identity", is_flag=True, help="Also make a new identity key for the admins to list.")
 @_intake
@@ -270,7 +279,7 @@ def logout_command(vault: Path, socks: str | None) -> None:
 def rotate_command(
     vault: Path,
     passphrase_file: Path | None,
-    days: int,
+    days: int | None,
     no_new_key: bool,
     identity: bool,
     intake: str | None,
@@ -350,6 +359,8 @@ def _echo_reading(reading: CaseReading) -> None:
         click.echo(f"warning: {warning}", err=True)
     for line in reading_body(reading):
         click.echo(line)
+    for notice in reading.key_notices:
+        click.echo(f"warning: {notice}", err=True)
 
 
 @handler.command("read")

@@ -1,6 +1,7 @@
 """``handler rotate``: a new intake key ahead of time, and the destruction of expired ones (protocol 7.3).
 
-Rotation has two halves. A new key: generated in the vault, signed by the
+Rotation has two halves. A new key (valid for the admins' period, policy
+``intake_key_days``, unless ``--days`` asks for less): generated in the vault, signed by the
 handler's identity key, written to ``next-intake-key.json`` for the admins to
 list (``admin propose --intake-key``); once M admins publish it, new contacts
 are sealed to it. Destruction: every intake key whose window has ended is
@@ -22,6 +23,7 @@ from safepassage.crypto.vault import Passphrase, VaultContents, save_vault
 from .errors import UsageError
 from .handler import DAY, MAX_INTAKE_DAYS, _check_listed, _now, _staff, _trusted, inbox
 from .handler_archive import archive_case
+from .handler_schedule import rotation_days
 from .handler_vault import (
     ARCHIVE_KEY,
     IDENTITY_NEXT,
@@ -84,7 +86,7 @@ async def rotate(
     paths: HandlerPaths,
     passphrase: Passphrase,
     *,
-    days: int = 7,
+    days: int | None = None,
     new_key: bool = True,
     identity: bool = False,
     intake: str | None = None,
@@ -92,13 +94,19 @@ async def rotate(
     now: int | None = None,
 ) -> Rotated:
     now = _now(now)
-    if not 1 <= days <= MAX_INTAKE_DAYS:
+    if days is not None and not 1 <= days <= MAX_INTAKE_DAYS:
         raise UsageError(f"an intake key is valid for 1 to {MAX_INTAKE_DAYS} days")
     with vault_lock(paths):
         contents, keys = open_handler_vault(paths, passphrase)
         SavedSession.load(paths, now=now)
         trusted = await _trusted(paths, keys.org, intake, socks, now)
         _check_listed(trusted.directory, keys)
+        # The admins' period (policy intake_key_days): a longer window would be refused at publication.
+        policy_days = rotation_days(trusted.directory)
+        if days is None:
+            days = policy_days
+        elif days > policy_days:
+            raise UsageError(f"the admins' policy allows intake keys of at most {policy_days} day(s)")
         contents, promoted = _promote_identity(contents, keys, trusted.directory)
         if promoted:
             keys = keys_from_contents(contents)

@@ -364,6 +364,23 @@ class Directory:
         )
 
 
+#: How long a handler's intake key lives when the policy does not say (protocol 7.5).
+DEFAULT_INTAKE_KEY_DAYS: Final = 7
+INTAKE_KEY_DAYS_POLICY: Final = "intake_key_days"
+
+
+def intake_key_days(directory: Directory) -> int:
+    """The admins' rotation period for intake keys: policy ``intake_key_days`` (1..90), else 7.
+
+    Handler clients make keys with this window and remind their handler to rotate; a server
+    refuses to publish a newly listed key with a longer window (protocol 7.5).
+    """
+    value = directory.policy.get(INTAKE_KEY_DAYS_POLICY, DEFAULT_INTAKE_KEY_DAYS)
+    if isinstance(value, bool) or not isinstance(value, int) or not 1 <= value <= MAX_INTAKE_WINDOW // 86400:
+        raise MalformedInput(f"policy {INTAKE_KEY_DAYS_POLICY} must be an integer from 1 to 90")
+    return value
+
+
 def _keyset_from_json(obj: JsonObject) -> KeySet:
     require_keys(obj, ("threshold", "keys"), "admins")
     keys = get_list(obj, "keys")

@@ -18,7 +18,14 @@ from sqlalchemy import delete, func, select, text, update
 from sqlalchemy.ext.asyncio import AsyncSession
 from sqlalchemy.orm import Session
 
-from safepassage.crypto.directory import Directory, SignedDirectory, verify_genesis, verify_successor
+from safepassage.crypto.directory import (
+    INTAKE_KEY_DAYS_POLICY,
+    Directory,
+    SignedDirectory,
+    intake_key_days,
+    verify_genesis,
+    verify_successor,
+)
 from safepassage.crypto.encoding import as_obj, canonical_json, parse_canonical_json
 from safepassage.crypto.errors import SafePassageError
 from safepassage.crypto.keys import SigningKey, VerifyKey
@@ -151,7 +158,25 @@ def check_publication(
         raise PublishRefused(exc.detail) from None
     if current is not None and head.head.timestamp < current.head.head.timestamp:
         raise PublishRefused("the tree head is older than the one being served")
+    _check_new_key_windows(current.directory if current else None, directory)
     return directory, entry
+
+
+def _check_new_key_windows(before: Directory | None, directory: Directory) -> None:
+    """A newly listed intake key may not outlive the admins' rotation period (protocol 7.5):
+    a longer window would keep contacts readable with one key for longer than they agreed."""
+    try:
+        days = intake_key_days(directory)
+    except SafePassageError as exc:
+        raise PublishRefused(exc.message) from None
+    listed = {k.key.key_id for h in before.handlers for k in h.intake_keys} if before else set()
+    for handler in directory.handlers:
+        for key in handler.intake_keys:
+            if key.key.key_id not in listed and key.not_after - key.not_before > days * 86400:
+                raise PublishRefused(
+                    f"handler {handler.handler_id}'s new intake key is valid for longer than the policy's"
+                    f" {days} day(s) ({INTAKE_KEY_DAYS_POLICY}); make it again with that window"
+                )
 
 
 @dataclass(frozen=True, slots=True)

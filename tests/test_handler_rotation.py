@@ -21,7 +21,7 @@ from sqlalchemy import select
 
 from safepassage.client.applicant import check_mailbox
 from safepassage.client.errors import UsageError
-from safepassage.client.handler import enroll, escalate, inbox, login, read_case, reply
+from safepassage.client.handler import enroll, escalate, inbox, key_schedule, login, read_case, reply
 from safepassage.client.handler_rotate import rotate
 from safepassage.client.handler_vault import HandlerPaths, open_handler_vault, read_enrolment_document
 from safepassage.client.intake_api import IntakeClient
@@ -170,10 +170,19 @@ async def test_rotation_archives_destroys_and_the_next_key_carries_a_full_case(
     _, before = open_handler_vault(paths, PASSPHRASE)
     old_key_id = before.intake[0].private.key_id
 
-    done = await rotate(paths, PASSPHRASE, days=7)
+    # What her own commands tell her now: her listed key ended, and it is still in the vault.
+    due = await key_schedule(paths)
+    assert len(due) == 1, due
+    assert due[0].startswith("You have no current intake key"), due
+    pre = await read_case(paths, PASSPHRASE, old_case, tmp_path / "pre")
+    assert any("is still in your vault" in n for n in pre.key_notices), pre.key_notices
+
+    done = await rotate(paths, PASSPHRASE)  # the admins' period (no policy: 7 days)
     assert done.destroyed == (old_key_id,)
     assert done.archived_cases == 1
     assert done.new_key is not None
+    assert done.new_key.not_after - done.new_key.not_before == 7 * DAY
+    assert "Your next key is made (next-intake-key.json): ask the admins to list it." in (await key_schedule(paths))[0]
 
     # Forward secrecy: nothing in the vault opens the server's copy any more.
     _, after = open_handler_vault(paths, PASSPHRASE)
@@ -207,6 +216,8 @@ async def test_rotation_archives_destroys_and_the_next_key_carries_a_full_case(
     assert {c.case_id for c in await inbox(paths)} == {old_case, new_case_id}
     fresh = await read_case(paths, PASSPHRASE, new_case_id, tmp_path / "new")
     assert fresh.contact.message == "canary-new-2c4"
+    assert fresh.key_notices == ()
+    assert await key_schedule(paths) == ()
 
     # A follow-up to the old case arrives under the new key; when that key is destroyed in
     # turn, the follow-up is archived although its contact was archived long before.

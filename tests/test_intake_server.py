@@ -344,8 +344,8 @@ async def test_an_envelope_sealed_to_an_expired_intake_key_is_refused(calls: Cal
 
     def rotated(handler: Handler) -> Handler:
         hid, identity = handler.handler_id, org.identities[handler.handler_id]
-        old = IntakeKey.create(hid, identity, org.intake[hid].public_key, not_before=now - 8 * DAY, not_after=now - 60)
-        new = IntakeKey.create(hid, identity, fresh[hid].public_key, not_before=now - 60, not_after=now + 7 * DAY)
+        old = IntakeKey.create(hid, identity, org.intake[hid].public_key, not_before=now - 7 * DAY, not_after=now - 60)
+        new = IntakeKey.create(hid, identity, fresh[hid].public_key, not_before=now - 60, not_after=now - 60 + 7 * DAY)
         return dataclasses.replace(handler, intake_keys=(old, new))
 
     current = deployment.directory

@@ -36,11 +36,15 @@ from safepassage.crypto.intake import AttachmentInfo
 from safepassage.crypto.intake import Contact as ContactPayload
 from safepassage.crypto.keys import HybridPrivateKey
 from safepassage.crypto.receipt import Receipt
+from safepassage.server.app import CLOCK_SKEW_MARGIN, housekeeping
 from safepassage.server.config import load_config
+from safepassage.server.context import Intake
 from safepassage.server.db.engine import Store, make_engine
 from safepassage.server.db.models import Chunk, Mailbox
 from safepassage.server.db.models import Contact as ContactRow
+from safepassage.server.keys import load_keys
 
+from .deployment import now_ts
 from .durability import FAST, Service, server_folder
 from .helpers import Org
 from .intake_calls import Applicant, seal_for
@@ -260,3 +264,20 @@ async def test_contacts_survive_sigkill_mid_stream(tmp_path: Path, database_url:
         if state != "complete":
             assert contact_id not in sent.known
             assert after.chunks[contact_id] == 0
+    # ...and they do go: the intake's housekeeping, run as of the end of their upload window,
+    # leaves the acknowledged contacts, their mailboxes and chunks, and nothing else.
+    await _housekeeping_after_the_upload_window(data)
+    final = await _check_store(url, sent, keys)
+    assert set(final.states.values()) <= {"complete"}
+    assert set(sent.receipts) <= set(final.states)
+    assert final.chunks == {i: after.chunks[i] for i in final.states}
+
+
+async def _housekeeping_after_the_upload_window(data: Path) -> None:
+    config = load_config(data)
+    store = Store(make_engine(config.url))
+    try:
+        later = now_ts() + 3600 * (config.upload_window_hours + 1) + CLOCK_SKEW_MARGIN + config.pow_lifetime
+        await housekeeping(Intake.create(config, load_keys(config.keys_dir), store), now=later)
+    finally:
+        await store.close()

@@ -41,6 +41,7 @@ from safepassage.crypto import envelope as E
 from safepassage.crypto.errors import SafePassageError
 from safepassage.server.db.engine import Store, make_engine
 from safepassage.server.db.models import AuditLogEntry, EscalationRecord, Message
+from safepassage.server.integration.app import delete_expired_packages
 from safepassage.server.integration.config import load_integration_config
 from safepassage.server.integration.directory import IntakeDirectorySource
 from safepassage.server.integration.keys import open_officer_keys
@@ -206,6 +207,17 @@ async def _check_packages(world: World, escalated: list[Escalated]) -> None:
                 for c in parts:
                     E.parse_chunk_frame(c.frame)
         assert {e.package_id for e in escalated} <= {p for p, r in rows.items() if r.state == "complete"}
+        # An interrupted package goes when its upload window closes (the service's housekeeping,
+        # run as of then), with its chunks; the complete ones stay.
+        later = now_ts() + 3600 * (config.upload_window_hours + 1)
+        pending = {p for p, r in rows.items() if r.state == "pending"}
+        assert await delete_expired_packages(store, later) == len(pending)
+        async with store.read() as session:
+            left = {p.id: p.state for p in (await session.scalars(select(Package))).all()}
+            left_chunks = {c.package_id for c in (await session.scalars(select(PackageChunk))).all()}
+        assert set(left.values()) <= {"complete"}
+        assert set(left) == set(rows) - pending
+        assert left_chunks <= set(left)
     finally:
         await store.close()
 

@@ -44,13 +44,16 @@ async def housekeeping(service: IntegrationService) -> int:
     The count goes to the caller, never to the log: a log line per round would
     date each abandoned delivery to the hour of its expiry.
     """
-    async with service.store.write() as session:
-        result = await session.execute(
-            delete(Package).where(Package.state == "pending", Package.upload_expires <= int(time.time()))
-        )
+    return await delete_expired_packages(service.store, int(time.time()))
+
+
+async def delete_expired_packages(store: Store, now: int) -> int:
+    """:func:`housekeeping`'s work as of ``now``."""
+    async with store.write() as session:
+        result = await session.execute(delete(Package).where(Package.state == "pending", Package.upload_expires <= now))
     deleted = int(result.rowcount)  # type: ignore[attr-defined]
     if deleted:
-        await service.store.checkpoint()
+        await store.checkpoint()
     return deleted
 
 

@@ -10,7 +10,7 @@ not verify is named, never shown.
 from __future__ import annotations
 
 from .errors import untrusted_text
-from .handler import CaseReading
+from .handler import CaseReading, FollowUpView
 from .render import printable
 
 
@@ -39,11 +39,7 @@ def reading_body(reading: CaseReading) -> list[str]:
             media = untrusted_text(saved.info.media_type, 127)
             lines.append(f"  {saved.path}  ({saved.info.size} bytes, declared type {media})")
     for follow_up in reading.follow_ups:
-        lines += ["", f"--- Follow-up {follow_up.message_id}, {follow_up.day}"]
-        if follow_up.text is None:
-            lines.append(f"(NOT verified, not shown: {follow_up.problem})")
-        else:
-            lines += ["(signed by the applicant's mailbox key)", quoted(follow_up.text)]
+        lines += follow_up_lines(follow_up)
     for sent in reading.replies:
         lines += ["", f"--- Reply {sent.message_id}, {sent.day}"]
         if sent.text is None:
@@ -52,6 +48,21 @@ def reading_body(reading: CaseReading) -> list[str]:
             lines += [f"(by handler {sent.handler_id}, signature verified)", quoted(sent.text)]
     if reading.escalations:
         lines += ["", f"Escalated before: package(s) {', '.join(reading.escalations)}"]
+    return lines
+
+
+def follow_up_lines(follow_up: FollowUpView) -> list[str]:
+    """One follow-up: only verified text is shown, and a server-sealed one says so."""
+    lines = ["", f"--- Follow-up {follow_up.message_id}, {follow_up.day}"]
+    if follow_up.server_sealed:
+        lines.append(
+            "(sealed by the server: sent from the web page without JavaScript, so the server saw this text"
+            " for one request)"
+        )
+    if follow_up.text is None:
+        lines.append(f"(NOT verified, not shown: {follow_up.problem})")
+    else:
+        lines += ["(signed by the applicant's mailbox key)", quoted(follow_up.text)]
     return lines
 
 

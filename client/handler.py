@@ -141,6 +141,8 @@ class FollowUpView:
     text: str | None
     payload: bytes | None
     problem: str | None
+    #: The server sealed it (web page without JavaScript): it saw the text for one request.
+    server_sealed: bool = False
 
     def __repr__(self) -> str:
         return f"FollowUpView({self.message_id}, {'verified' if self.problem is None else 'unverified'})"
@@ -362,9 +364,9 @@ async def _follow_ups(
                 raise CaseMismatch("it continues another contact")
         except CryptoError as exc:
             # One forged or damaged follow-up is shown as such; it does not hide the case.
-            out.append(FollowUpView(m.message_id, m.day, None, None, exc.message))
+            out.append(FollowUpView(m.message_id, m.day, None, None, exc.message, m.server_sealed))
             continue
-        out.append(FollowUpView(m.message_id, m.day, follow_up.message, opened.plaintext, None))
+        out.append(FollowUpView(m.message_id, m.day, follow_up.message, opened.plaintext, None, m.server_sealed))
     return tuple(out)
 
 

@@ -172,6 +172,8 @@ class MessageRef:
     kind: str
     day: str
     seq: int
+    #: Sealed by the server (a follow-up from the web page without JavaScript).
+    server_sealed: bool = False
 
 
 @dataclass(frozen=True, slots=True)
@@ -329,11 +331,13 @@ def _detail_fields(obj: JsonObject) -> CaseDetail:
     messages = []
     for item in _list(obj, "messages", 100_000):
         m = _obj(item, "message")
-        _members(m, "message", ("id", "kind", "day", "seq"))
+        _members(m, "message", ("id", "kind", "day", "seq", "server_sealed"))
         kind = _str(m, "kind")
         if kind not in _KIND:
             raise ProtocolViolation("field 'kind' must be 'reply' or 'follow-up'")
-        messages.append(MessageRef(_str(m, "id", ID), kind, _str(m, "day", _DAY), _int(m, "seq")))
+        messages.append(
+            MessageRef(_str(m, "id", ID), kind, _str(m, "day", _DAY), _int(m, "seq"), _bool(m, "server_sealed"))
+        )
     escalations = []
     for item in _list(obj, "escalations", 10_000):
         e = _obj(item, "escalation")

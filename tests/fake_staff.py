@@ -229,7 +229,10 @@ class FakeStaff:
             return owned
         _, cid = owned
         case = self._case_json(cid)
-        case["messages"] = [{"id": m, "kind": k, "day": _today(), "seq": s} for s, m, k, _ in self._messages(cid)]
+        case["messages"] = [
+            {"id": m, "kind": k, "day": _today(), "seq": s, "server_sealed": False}
+            for s, m, k, _ in self._messages(cid)
+        ]
         case["escalations"] = [{"package": p, "day": _today()} for p, _ in self.escalations.get(cid, [])]
         return web.json_response(case)
 

@@ -269,7 +269,7 @@ ANSWERS: dict[str, tuple[Callable[[Any], object], Any]] = {
         staff_api.case_detail,
         {
             **CASE,
-            "messages": [{"id": ID, "kind": "reply", "day": DAY, "seq": 1}],
+            "messages": [{"id": ID, "kind": "reply", "day": DAY, "seq": 1, "server_sealed": False}],
             "escalations": [{"package": ID, "day": DAY}],
         },
     ),
@@ -279,7 +279,7 @@ ANSWERS: dict[str, tuple[Callable[[Any], object], Any]] = {
             "cases": [
                 {
                     **CASE,
-                    "messages": [{"id": ID, "kind": "follow-up", "day": DAY, "seq": 1}],
+                    "messages": [{"id": ID, "kind": "follow-up", "day": DAY, "seq": 1, "server_sealed": True}],
                     "escalations": [],
                     "envelope": b64e(b"e" * 40),
                 }

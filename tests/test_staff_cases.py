@@ -5,16 +5,19 @@ status, handover and escalation receipts."""
 from __future__ import annotations
 
 import asyncio
+import dataclasses
 import hashlib
 import json
 
 from sqlalchemy import select
 
+from safepassage.client.case_text import follow_up_lines
+from safepassage.client.handler import FollowUpView
 from safepassage.crypto import envelope as E
 from safepassage.crypto.encoding import b64d, b64e
 from safepassage.crypto.intake import Contact, FollowUp, sign_mailbox_auth, sign_submission
 from safepassage.crypto.staffmsg import IntegrationReceipt, Reply
-from safepassage.server.db.models import AuditLogEntry, EscalationRecord
+from safepassage.server.db.models import AuditLogEntry, EscalationRecord, Message
 from safepassage.server.db.models import Contact as ContactRow
 
 from .deployment import now_ts
@@ -145,6 +148,33 @@ async def test_the_list_counts_each_case_s_own_follow_ups(
         if cursor is None:
             break
     assert counts == {quiet: 0, busy: 2}
+
+
+async def test_the_handler_is_told_which_follow_ups_the_server_sealed(
+    staff: StaffDeployment, staff_calls: StaffCalls, public_calls: Calls
+) -> None:
+    """A follow-up sent from the return page without JavaScript is stored with ``server_sealed``
+    (tests/test_web_pages.py); both case views carry it per message, so the handler knows the
+    server saw that text."""
+    alice = await staff_calls.enrol_and_login("alice")
+    case, applicant = await new_case(staff, public_calls, owner="alice")
+    await follow_up(public_calls, staff, applicant, case, "from the command line")
+    await follow_up(public_calls, staff, applicant, case, "from the web page")
+    async with staff.dep.store.write() as session:
+        web = (await session.scalars(select(Message).where(Message.contact_id == case).order_by(Message.seq))).all()[-1]
+        web.server_sealed = True
+    detail = await staff_calls.call("GET", f"/staff/v1/cases/{case}", account=alice)
+    bulk = await staff_calls.call("GET", "/staff/v1/case-envelopes", account=alice)
+    for messages in (detail.body["messages"], bulk.body["cases"][0]["messages"]):
+        assert [(m["kind"], m["server_sealed"]) for m in messages] == [("follow-up", False), ("follow-up", True)]
+
+
+def test_a_server_sealed_follow_up_is_marked_in_the_case_text() -> None:
+    view = FollowUpView("m1", "2026-11-28", "hello", b"", None, server_sealed=True)
+    plain = dataclasses.replace(view, server_sealed=False)
+    mark = "sealed by the server: sent from the web page without JavaScript"
+    assert any(mark in line for line in follow_up_lines(view))
+    assert not any(mark in line for line in follow_up_lines(plain))
 
 
 async def test_open_reply_and_the_applicant_reads_it(

@@ -35,7 +35,7 @@ from ..errors import bad_request
 from ..inputs import query_int
 from .accounts import PREFIX
 from .auth import handler_caller
-from .cases import _CASE_COLUMNS, _case_json
+from .cases import _CASE_COLUMNS, _case_json, message_ref
 from .context import staff_of
 
 routes = web.RouteTableDef()
@@ -108,11 +108,11 @@ async def case_envelopes(request: web.Request) -> web.Response:
             query = select(*_CASE_COLUMNS, Contact.envelope).where(mine, Contact.id.in_(chosen))
             by_id = {r.id: r for r in (await session.execute(query)).all()}
             for m in await session.execute(
-                select(Message.contact_id, Message.id, Message.kind, Message.day, Message.seq)
+                select(Message.contact_id, Message.id, Message.kind, Message.day, Message.seq, Message.server_sealed)
                 .where(Message.contact_id.in_(chosen))
                 .order_by(Message.seq)
             ):
-                messages[m.contact_id].append({"id": m.id, "kind": m.kind, "day": m.day.isoformat(), "seq": m.seq})
+                messages[m.contact_id].append(message_ref(m.id, m.kind, m.day, m.seq, m.server_sealed))
             for e in await session.execute(
                 select(EscalationRecord.contact_id, EscalationRecord.package_id, EscalationRecord.day)
                 .where(EscalationRecord.contact_id.in_(chosen))

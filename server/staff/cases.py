@@ -179,7 +179,7 @@ async def get_case(request: web.Request) -> web.Response:
         case = await _case(session, case_id, caller)
         messages = (
             await session.execute(
-                select(Message.id, Message.kind, Message.day, Message.seq)
+                select(Message.id, Message.kind, Message.day, Message.seq, Message.server_sealed)
                 .where(Message.contact_id == case_id)
                 .order_by(Message.seq)
             )
@@ -191,9 +191,15 @@ async def get_case(request: web.Request) -> web.Response:
                 .order_by(EscalationRecord.day, EscalationRecord.package_id)
             )
         ).all()
-    case["messages"] = [{"id": m.id, "kind": m.kind, "day": m.day.isoformat(), "seq": m.seq} for m in messages]
+    case["messages"] = [message_ref(m.id, m.kind, m.day, m.seq, m.server_sealed) for m in messages]
     case["escalations"] = [{"package": e.package_id, "day": e.day.isoformat()} for e in escalations]
     return web.json_response(case)
+
+
+def message_ref(message_id: str, kind: str, day: dt.date, seq: int, server_sealed: bool) -> dict[str, Any]:
+    """A message as the case views list it: sealed by the server (a follow-up from the web page
+    without JavaScript), the handler is told so."""
+    return {"id": message_id, "kind": kind, "day": day.isoformat(), "seq": seq, "server_sealed": server_sealed}
 
 
 @routes.get(PREFIX + "/cases/{case_id}/envelope", name="staff_case_envelope")

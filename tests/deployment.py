@@ -10,7 +10,7 @@ from __future__ import annotations
 
 import asyncio
 import datetime as dt
-from collections.abc import AsyncIterator, Iterator
+from collections.abc import AsyncIterator, Iterator, Sequence
 from dataclasses import dataclass, replace
 from pathlib import Path
 from typing import Any
@@ -20,6 +20,7 @@ from aiohttp import web
 from sqlalchemy import func, select
 
 from safepassage.crypto.directory import Directory
+from safepassage.crypto.keys import SigningKey, VerifyKey
 from safepassage.crypto.translog import MerkleLog
 from safepassage.server.app import create_app
 from safepassage.server.config import ServerConfig
@@ -48,14 +49,22 @@ class Deployment:
     def directory(self) -> Directory:
         return self.published.directory
 
-    async def publish(self, directory: Directory, *, timestamp: int = 1_700_000_100) -> Published:
-        signed, head = self.org.publication(directory, self.published.log, timestamp=timestamp)
+    async def publish(
+        self,
+        directory: Directory,
+        *,
+        timestamp: int = 1_700_000_100,
+        signers: Sequence[SigningKey] | None = None,
+        next_receipt_key: VerifyKey | None = None,
+    ) -> Published:
+        signed, head = self.org.publication(directory, self.published.log, timestamp=timestamp, signers=signers)
         self.published = await publish(
             self.store,
             signed,
             head,
             org_fingerprint=self.config.org_fingerprint,
             receipt_key=self.keys.receipt.verify_key,
+            next_receipt_key=next_receipt_key,
         )
         return self.published
 

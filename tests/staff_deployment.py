@@ -11,7 +11,7 @@ from __future__ import annotations
 
 import io
 import json
-from collections.abc import AsyncIterator
+from collections.abc import AsyncIterator, Sequence
 from dataclasses import dataclass, field
 from typing import Any
 
@@ -23,6 +23,7 @@ from sqlalchemy import update
 from safepassage.crypto import envelope as E
 from safepassage.crypto.directory import Directory
 from safepassage.crypto.intake import AttachmentInfo
+from safepassage.crypto.keys import SigningKey, VerifyKey
 from safepassage.server.context import INTAKE
 from safepassage.server.db.models import Contact
 from safepassage.server.staff.accounts import create_invitation
@@ -67,8 +68,14 @@ class StaffDeployment:
         await self.dep.app[INTAKE].refresh()
         await self.state.refresh()
 
-    async def publish(self, directory: Directory) -> None:
-        await self.dep.publish(directory)
+    async def publish(
+        self,
+        directory: Directory,
+        *,
+        signers: Sequence[SigningKey] | None = None,
+        next_receipt_key: VerifyKey | None = None,
+    ) -> None:
+        await self.dep.publish(directory, signers=signers, next_receipt_key=next_receipt_key)
         await self.refresh()
 
     async def invitation(self, username: str, role: str = "handler") -> str:

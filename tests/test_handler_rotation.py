@@ -33,18 +33,22 @@ from safepassage.crypto.errors import NotARecipient
 from safepassage.crypto.intake import AttachmentInfo, Contact, FollowUp
 from safepassage.crypto.keys import HybridPublicKey, VerifyKey
 from safepassage.crypto.staffmsg import Escalation
+from safepassage.crypto.threshold import KeySet
+from safepassage.server.context import INTAKE
 from safepassage.server.db.models import Chunk, Mailbox, Message
 from safepassage.server.db.models import Contact as ContactRow
 from safepassage.server.integration.keys import add_encryption_key, create_officer_vault, open_officer_keys
 from safepassage.server.integration.models import Package
+from safepassage.server.keys import create_next_receipt_key, load_keys
 from safepassage.server.staff.totp import Totp, TotpSecret, counter_at
 
 from .deployment import now_ts
 from .handler_env import FLOOR, PASSPHRASE, PASSWORD
+from .helpers import signing_key
 from .intake_calls import Applicant, Calls
 from .integration_service import Integration
 from .staff_deployment import StaffDeployment, new_case, public_calls, staff  # noqa: F401
-from .test_handler_e2e import _contact, _enrolled
+from .test_handler_e2e import CANARY, _contact, _enrolled
 
 pytestmark = pytest.mark.timeout(240)
 
@@ -319,3 +323,62 @@ async def test_integration_key_rotation_then_escalation(
         E.open_envelope(package.envelope, [dep.org.integration_key], expected_purpose=E.Purpose.ESCALATION)
     opened = E.open_envelope(package.envelope, held, expected_purpose=E.Purpose.ESCALATION)
     assert Escalation.open_payload(opened.plaintext, dep.directory).contact_id == case_id
+
+
+async def test_receipt_key_and_admin_set_rotations_then_a_full_case(
+    staff: StaffDeployment,  # noqa: F811
+    integration: Integration,
+    tmp_path: Path,
+) -> None:
+    """The server's receipt key, then the admin set (one admin replaced, signed by 2 of the old
+    set and 2 of the new), each followed by a contact checked against the new state, read,
+    replied to and escalated; the applicant pinned the original organisation throughout."""
+    dep = staff.dep
+    paths, _ = await _enrolled(staff, integration, tmp_path)
+    start = now_ts() - 3600
+    roster = (*(dep.org.handler(h, p, start=start) for h, p in ROSTER.items()), _dana(paths, paths.intake_key))
+
+    waiting = create_next_receipt_key(dep.config.keys_dir).verify_key
+    await staff.publish(dep.org.directory(3, handlers=roster, receipt_key=waiting), next_receipt_key=waiting)
+    await dep.app[INTAKE].refresh()  # a publication naming the waiting key completes the rotation
+    dep.keys = load_keys(dep.config.keys_dir)
+    assert dep.keys.receipt.verify_key == waiting
+    await integration.service.keeper.refresh()
+    await _full_case(staff, integration, paths, tmp_path / "after-receipt-key", "after the receipt key")
+
+    a0, a1, _replaced = dep.org.admins
+    newcomer = signing_key("admin-newcomer")
+    new_set = KeySet((a0.verify_key, a1.verify_key, newcomer.verify_key), 2)
+    changed = dep.org.directory(4, handlers=roster, receipt_key=waiting, admins=new_set)
+    await staff.publish(changed, signers=[a0, a1, newcomer])
+    await dep.app[INTAKE].refresh()
+    await integration.service.keeper.refresh()
+    await _full_case(staff, integration, paths, tmp_path / "after-admin-set", "after the admin set")
+
+
+async def _full_case(
+    staff: StaffDeployment,  # noqa: F811
+    integration: Integration,
+    paths: HandlerPaths,
+    out: Path,
+    reply_text: str,
+) -> None:
+    """A contact (receipt checked by the client against the directory it walked to from the pinned
+    organisation), read, replied to (the applicant verifies it), escalated (the officer opens it)."""
+    dep = staff.dep
+    case_id, sent = await _contact(staff)
+    reading = await read_case(paths, PASSPHRASE, case_id, out)
+    assert reading.contact.message == CANARY
+    await reply(paths, PASSPHRASE, case_id, reply_text)
+    async with IntakeClient(dep.base_url) as client:
+        trusted = await fetch_trusted_directory(client, dep.org.admin_set.fingerprint(), None, now_ts())
+        replies = await check_mailbox(client, trusted, sent.codename)  # type: ignore[attr-defined]
+    assert [r.text for r in replies] == [reply_text]
+    escalated = await escalate(paths, PASSPHRASE, case_id, "assessment", integration=integration.base_url)
+    async with integration.store.read() as session:
+        package = await session.get(Package, escalated.package_id)
+    assert package is not None
+    assert package.state == "complete"
+    opened = E.open_envelope(package.envelope, [dep.org.integration_key], expected_purpose=E.Purpose.ESCALATION)
+    escalation = Escalation.open_payload(opened.plaintext, dep.directory)
+    assert escalation.contact_id == case_id

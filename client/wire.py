@@ -28,6 +28,9 @@ from .errors import ProtocolViolation, ServerRefused
 
 MAX_LOG_PAGE: Final = 64
 ID: Final = re.compile(r"[A-Za-z0-9_-]{8,64}")
+_POOL: Final = re.compile(r"[a-z][a-z0-9-]{0,31}")
+#: A mailbox page lists at most this many contacts (protocol 15.4).
+MAILBOX_CONTACTS_MAX: Final = 50
 _DAY = re.compile(r"[0-9]{4}-[0-9]{2}-[0-9]{2}")
 _HEX_HASH = re.compile(r"[0-9a-f]{64}")
 _CODE = re.compile(r"[a-z_]+")
@@ -332,7 +335,13 @@ def mailbox_nonce_answer(obj: JsonObject) -> MailboxNonce:
 
 
 def mailbox_messages_answer(obj: JsonObject, max_envelope_text: int) -> tuple[MailboxMessage, ...]:
-    _members(obj, "mailbox answer", ("messages",))
+    _members(obj, "mailbox answer", ("messages",), ("contacts",))
+    # Which contacts a follow-up can continue (the browser's need; this client keeps them).
+    for item in _list(obj, "contacts", MAILBOX_CONTACTS_MAX) if "contacts" in obj else ():
+        contact = _obj(item, "contact")
+        _members(contact, "contact", ("id", "pool"))
+        _str(contact, "id", ID)
+        _str(contact, "pool", _POOL)
     out = []
     for item in _list(obj, "messages"):
         message = _obj(item, "message")

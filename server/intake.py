@@ -63,6 +63,8 @@ UPLOAD_HEADER = "Safe-Passage-Upload"
 MAILBOX_NONCE_LIFETIME = 300
 #: Sealed bytes per mailbox page (about 11 MiB of JSON once base64-encoded).
 MAILBOX_PAGE_BYTES = 8 * 1024 * 1024
+#: A mailbox page lists at most this many of the mailbox's newest contacts.
+MAILBOX_CONTACTS_MAX = 50
 MAX_LOG_PAGE = 64
 _POOL = re.compile(r"[a-z][a-z0-9-]{0,31}")
 _ID = re.compile(r"[A-Za-z0-9_-]{8,64}")
@@ -664,7 +666,18 @@ async def mailbox_fetch(request: web.Request) -> web.Response:
             {"id": m.id, "contact": m.contact_id, "day": m.day.isoformat(), "seq": m.seq, "envelope": b64e(m.envelope)}
             for m in rows
         ]
-    return web.json_response({"messages": messages})
+        # Which contacts a follow-up can continue, and their pools (protocol 15.4): a
+        # browser keeps nothing between visits, so it learns them here, as the owner.
+        newest = (
+            await session.execute(
+                select(Contact.id, Contact.pool)
+                .where(Contact.mailbox_id == mailbox_id, Contact.state == "complete")
+                .order_by(Contact.day.desc(), Contact.id.desc())
+                .limit(MAILBOX_CONTACTS_MAX)
+            )
+        ).all()
+        contacts = [{"id": cid, "pool": pool} for cid, pool in reversed(newest)]
+    return web.json_response({"messages": messages, "contacts": contacts})
 
 
 @routes.post("/api/v1/mailboxes/{mailbox_id}/follow-ups", name="follow_up")

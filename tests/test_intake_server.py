@@ -560,6 +560,26 @@ async def test_forged_and_foreign_mailbox_access(calls: Calls, deployment: Deplo
     assert replay.status == 403
 
 
+async def test_a_mailbox_page_lists_its_own_contacts_and_their_pools(calls: Calls, deployment: Deployment) -> None:
+    """What a browser needs to continue a contact (protocol 15.4): the owner's complete
+    contacts with their pools, never another mailbox's."""
+    owner, other = Applicant(), Applicant()
+    first, _ = await submit(calls, deployment, owner)
+    second, _ = await submit(calls, deployment, owner)
+    await submit(calls, deployment, other)
+    challenge = await calls.call("POST", f"/api/v1/mailboxes/{owner.mailbox_id}/challenge")
+    nonce = b64d(challenge.body["nonce"])
+    page = await calls.call(
+        "POST",
+        f"/api/v1/mailboxes/{owner.mailbox_id}/fetch",
+        json={"nonce": b64e(nonce), "signature": b64e(sign_mailbox_auth(owner.keys.mailbox_key, nonce))},
+    )
+    assert page.status == 200
+    ids = sorted([first.body["contact"], second.body["contact"]])  # one day: ordered by id
+    assert page.body["contacts"] == [{"id": cid, "pool": "general"} for cid in ids]
+    assert page.body["messages"] == []
+
+
 async def test_mailbox_quota(calls: Calls, deployment: Deployment) -> None:
     applicant = Applicant()
     for _ in range(deployment.config.mailbox_daily_quota):

@@ -28,6 +28,7 @@ from hypothesis import given
 from hypothesis import strategies as st
 
 from safepassage.client import staff_api, wire
+from safepassage.client.errors import ProtocolViolation
 from safepassage.client.handler_vault import HeldIntakeKey
 from safepassage.client.intake_api import SocksProxy
 from safepassage.client.integration_api import package_answer
@@ -261,7 +262,10 @@ ANSWERS: dict[str, tuple[Callable[[Any], object], Any]] = {
     "mailbox nonce": (wire.mailbox_nonce_answer, {"nonce": b64e(b"\x01" * 32), "expires": 1}),
     "mailbox messages": (
         lambda v: wire.mailbox_messages_answer(v, 10_000),
-        {"messages": [{"id": ID, "contact": ID, "day": DAY, "seq": 1, "envelope": b64e(b"x" * 30)}]},
+        {
+            "messages": [{"id": ID, "contact": ID, "day": DAY, "seq": 1, "envelope": b64e(b"x" * 30)}],
+            "contacts": [{"id": ID, "pool": "general"}],
+        },
     ),
     "follow-up": (wire.follow_up_answer, {"message": ID, "receipt": _receipt_json()}),
     "case page": (staff_api.case_page, {"cases": [CASE], "next": None}),
@@ -317,3 +321,21 @@ def test_client_answer_parsers_raise_only_our_errors(name: str, data: st.DataObj
 @given(status=st.integers(min_value=100, max_value=599), body=st.binary(max_size=300))
 def test_refusal_bodies_become_our_error(status: int, body: bytes) -> None:
     assert isinstance(wire.refusal(status, body), SafePassageError)
+
+
+@pytest.mark.parametrize(
+    "contacts",
+    [
+        [{"id": ID, "pool": "General"}],  # not a pool name
+        [{"id": "short", "pool": "general"}],  # not an id
+        [{"id": ID}],  # no pool
+        [{"id": ID, "pool": "general", "extra": 1}],
+        [{"id": ID, "pool": "general"}] * 51,  # more than a page may list
+        {"id": ID, "pool": "general"},  # not a list
+    ],
+)
+def test_a_mailbox_page_with_malformed_contacts_is_refused(contacts: object) -> None:
+    answer = {"messages": [], "contacts": contacts}
+    with pytest.raises(ProtocolViolation):
+        wire.mailbox_messages_answer(answer, 10_000)  # type: ignore[arg-type]
+    assert wire.mailbox_messages_answer({"messages": [], "contacts": [{"id": ID, "pool": "general"}] * 50}, 10) == ()

@@ -17,9 +17,9 @@ from sqlalchemy import select
 
 from safepassage.crypto import envelope as E
 from safepassage.crypto import pow as W
-from safepassage.crypto.intake import Contact
+from safepassage.crypto.intake import Contact, FollowUp
 from safepassage.server.context import INTAKE
-from safepassage.server.db.models import Chunk
+from safepassage.server.db.models import Chunk, Message
 from safepassage.server.db.models import Contact as ContactRow
 from safepassage.server.limits import PowDifficulty
 
@@ -28,6 +28,7 @@ from .deployment import Deployment
 from .web_helpers import CANARY, CANARY_FIELD, all_rows, plant_forged_reply, plant_reply
 
 REPLY = {"ru": "Ответ из браузера: четверг.", "en": "Reply read in the browser: Thursday."}
+FOLLOW_UP = {"ru": "Да, четверг подходит.", "en": "Yes, Thursday suits me."}
 
 
 @pytest.fixture
@@ -85,8 +86,25 @@ def _read(driver: Any, base: str, lang: str, codename: str) -> dict[str, Any]:
         "items": [i.text for i in items],
         "warnings": len(section.find_elements(By.CSS_SELECTOR, "#js-replies .warning")),
         "codename_ms": int(html.get_attribute("data-codename-ms")),
+        "choice_shown": driver.find_element(By.ID, "js-contact-choice").is_displayed(),
         "violations": csp_violations(driver),
         "shot": shot,
+    }
+
+
+def _follow_up(driver: Any, lang: str, text: str) -> dict[str, Any]:
+    """On the return page just read: write a new message and send it (sealed in the browser)."""
+    from selenium.webdriver.common.by import By
+
+    assert driver.find_element(By.ID, "notice-return-browser").is_displayed()
+    driver.find_element(By.ID, "message").send_keys(text)
+    driver.find_element(By.CSS_SELECTOR, "button[value=follow-up]").click()
+    _wait_visible(driver, "js-follow-up-sent")
+    return {
+        "message_left": driver.find_element(By.ID, "message").get_attribute("value"),
+        "failed": driver.find_element(By.ID, "js-failed").is_displayed(),
+        "violations": csp_violations(driver),
+        "shot": screenshot(driver, f"{lang}-js-follow-up-sent"),
     }
 
 
@@ -133,6 +151,24 @@ async def test_browser_seals_contact_and_opens_replies(
     assert row.owner.title() in read["items"][0]
     assert read["warnings"] == 1
     assert "forged" not in read["items"][1]
+    assert not read["choice_shown"]  # one contact: nothing to choose
+
+    # A follow-up from the same page is sealed in the browser too: the server stores an
+    # envelope it did not make, and the handlers open the applicant's own signed text.
+    text = f"{FOLLOW_UP[lang]} {CANARY}"
+    followed = await asyncio.to_thread(_follow_up, browser_js, lang, text)
+    assert followed["violations"] == []
+    assert not followed["failed"]
+    assert followed["message_left"] == ""
+    async with deployment.store.read() as s:
+        [message] = (await s.scalars(select(Message).where(Message.kind == "follow-up"))).all()
+    assert not message.server_sealed
+    assert message.contact_id == row.id
+    sealed_follow_up = E.open_envelope(
+        message.envelope, [deployment.org.intake["bob"]], expected_purpose=E.Purpose.FOLLOW_UP
+    )
+    follow_up = FollowUp.open_payload(sealed_follow_up.plaintext)
+    assert (follow_up.contact_id, follow_up.message) == (row.id, text)
 
     rows = await all_rows(deployment)
     assert CANARY.encode() not in rows

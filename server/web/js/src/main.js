@@ -160,64 +160,124 @@ function enhanceContact() {
   });
 }
 
-async function readReplies(codename) {
-  const keys = deriveTimed(codename);
-  const directory = await trustedDirectory();
+// One page at a time, each with a fresh single-use nonce; the answer also lists the
+// mailbox's contacts with their pools, which a follow-up must name (protocol 15.4).
+async function readMailbox(keys) {
   const mailbox = P.hex(keys.mailboxId);
-  const replies = [];
+  const messages = [];
+  let contacts = [];
   let after = 0;
   for (let page = 0; page < 50; page++) {
     const challenge = await api(`/api/v1/mailboxes/${mailbox}/challenge`);
     const nonce = P.b64d(challenge.nonce, 32);
     const body = JSON.stringify({ nonce: challenge.nonce, signature: P.b64e(P.mailboxAuthSignature(keys, nonce)), after });
     const answer = await api(`/api/v1/mailboxes/${mailbox}/fetch`, { headers: { "Content-Type": "application/json" }, body });
-    const messages = answer.messages.filter((m) => m.seq > after);
-    if (!messages.length) break;
-    for (const m of messages) replies.push(P.openReply(directory, keys, m));
-    after = messages[messages.length - 1].seq;
+    contacts = answer.contacts;
+    const fresh = answer.messages.filter((m) => m.seq > after);
+    if (!fresh.length) break;
+    messages.push(...fresh);
+    after = fresh[fresh.length - 1].seq;
   }
-  return replies;
+  return { messages, contacts };
+}
+
+async function readReplies(codename) {
+  const keys = deriveTimed(codename);
+  const directory = await trustedDirectory();
+  const { messages, contacts } = await readMailbox(keys);
+  return { replies: messages.map((m) => P.openReply(directory, keys, m)), contacts };
+}
+
+// Sealed here to the pool's current intake keys, as the command-line client does: the
+// server receives the envelope only.
+async function sendFollowUp(codename, chosen, message) {
+  if (!message.trim()) throw new Error("empty_message");
+  const keys = deriveTimed(codename);
+  const directory = await trustedDirectory();
+  const { contacts } = await readMailbox(keys);
+  const contact = contacts.find((c) => c.id === chosen) || contacts[contacts.length - 1];
+  if (!contact) throw new Error("not_found");
+  const now = Math.floor(Date.now() / 1000);
+  const recipients = P.recipients(directory, contact.pool, now).map((r) => r.key);
+  const payload = P.followUpPayload({ contactId: contact.id, message, keys });
+  const sealed = P.seal(payload, recipients, P.Purpose.FOLLOW_UP);
+  payload.fill(0);
+  const signature = P.submissionSignature(keys.mailboxSeed, {
+    kind: "follow-up",
+    pool: contact.pool,
+    attachments: 0,
+    envelopeHash: sealed.hash,
+    contactId: contact.id,
+  });
+  const pow = await proofOfWork((n) => ($("js-progress").textContent = String(n)));
+  const mailbox = P.hex(keys.mailboxId);
+  return api(`/api/v1/mailboxes/${mailbox}/follow-ups?contact=${encodeURIComponent(contact.id)}`, {
+    headers: { ...octet, "Safe-Passage-PoW": pow, "Safe-Passage-Signature": P.b64e(signature) },
+    body: sealed.data,
+  });
+}
+
+function showReplies(replies) {
+  const list = $("js-replies");
+  list.replaceChildren();
+  for (const reply of replies) {
+    const item = document.createElement("li");
+    item.className = "reply";
+    const meta = document.createElement("p");
+    meta.className = reply.verified ? "meta" : "meta warning";
+    meta.textContent = `${reply.day}: ${reply.verified ? reply.handlerName : $("js-unverified").textContent}`;
+    item.append(meta);
+    if (reply.verified) {
+      const text = document.createElement("div");
+      text.className = "text";
+      text.textContent = reply.text;
+      item.append(text);
+    }
+    list.append(item);
+  }
+  show("js-no-replies", replies.length === 0);
+  show("js-replies-section", true);
+}
+
+// With more than one contact, the applicant picks which one a follow-up continues
+// (numbered oldest first, as the page without JavaScript does).
+function showContactChoice(contacts) {
+  const select = $("js-contact");
+  select.replaceChildren();
+  contacts.forEach((c, i) => select.append(new Option(String(i + 1), c.id, false, i === contacts.length - 1)));
+  show("js-contact-choice", contacts.length > 1);
 }
 
 function enhanceReturn() {
   const form = $("return-form");
   if (!form) return;
-  const read = form.querySelector("button[value=read]");
-  // Which contact and pool a follow-up continues is known only to the server
-  // (and to the command-line client, which kept them); the page says so.
-  show("notice-follow-up-server", true);
+  show("notice-return-browser", true);
   form.addEventListener("submit", async (event) => {
-    // Follow-ups still go to the server's path; reading happens here.
-    if (event.submitter !== read) return;
     event.preventDefault();
+    const following = event.submitter && event.submitter.value === "follow-up";
     show("js-failed", false);
+    show("js-follow-up-sent", false);
     show("js-working", true);
+    form.querySelectorAll("button").forEach((b) => (b.disabled = true));
+    const data = new FormData(form);
+    const codename = String(data.get("codename") || "");
     try {
-      const replies = await readReplies(String(new FormData(form).get("codename") || ""));
-      const list = $("js-replies");
-      list.replaceChildren();
-      for (const reply of replies) {
-        const item = document.createElement("li");
-        item.className = "reply";
-        const meta = document.createElement("p");
-        meta.className = reply.verified ? "meta" : "meta warning";
-        meta.textContent = `${reply.day}: ${reply.verified ? reply.handlerName : $("js-unverified").textContent}`;
-        item.append(meta);
-        if (reply.verified) {
-          const text = document.createElement("div");
-          text.className = "text";
-          text.textContent = reply.text;
-          item.append(text);
-        }
-        list.append(item);
+      if (following) {
+        const chosen = $("js-contact-choice").hidden ? "" : $("js-contact").value;
+        await sendFollowUp(codename, chosen, String(data.get("message") || ""));
+        $("message").value = "";
+        show("js-follow-up-sent", true);
+      } else {
+        const { replies, contacts } = await readReplies(codename);
+        showReplies(replies);
+        showContactChoice(contacts);
       }
-      show("js-no-replies", replies.length === 0);
-      show("js-replies-section", true);
     } catch (error) {
       $("js-error-code").textContent = String(error.message || "error");
       show("js-failed", true);
     } finally {
       show("js-working", false);
+      form.querySelectorAll("button").forEach((b) => (b.disabled = false));
     }
   });
 }

@@ -134,6 +134,11 @@ async def test_browser_banner_follows_user_agent_and_host(deployment: Deployment
         assert await banner(tor_ua, None)  # loopback, not an onion
         assert await banner("Mozilla/5.0 (X11; Linux x86_64) AppleWebKit/537.36 Chrome/120.0 Safari/537.36", onion)
         assert await banner("Mozilla/5.0 (Windows NT 10.0; rv:128.0) Gecko/20100101 Firefox/127.0", onion)
+        # Tor Browser for Android: the Gecko token repeats the version, on that platform only.
+        android = "Mozilla/5.0 (Android 10; Mobile; rv:128.0) Gecko/128.0 Firefox/128.0"
+        assert not await banner(android, onion)
+        assert await banner("Mozilla/5.0 (Android 10; Mobile; rv:128.0) Gecko/115.0 Firefox/128.0", onion)
+        assert await banner("Mozilla/5.0 (Windows NT 10.0; rv:128.0) Gecko/128.0 Firefox/128.0", onion)
 
 
 async def test_server_sealed_contact_reply_and_follow_up(

@@ -307,6 +307,8 @@ async def test_hostile_return_forms(deployment: Deployment, watched_tmp: Path) -
 
 
 async def test_operator_can_switch_server_sealing_off(deployment: Deployment) -> None:
+    async with aiohttp.ClientSession() as session:
+        assert 'id="about-server-sealing"' in await _get(session, f"{deployment.base_url}/en/")
     state = deployment.app[INTAKE]
     state.config = replace(state.config, web_server_sealing=0)
     before = await deployment.snapshot()
@@ -317,6 +319,10 @@ async def test_operator_can_switch_server_sealing_off(deployment: Deployment) ->
             assert 'id="sealing-off"' in page
             assert "safepassage contact send" in page
             assert 'id="notice-server" hidden' in page
+            # The front page no longer says the server would encrypt for the browser.
+            index = await _get(session, f"{deployment.base_url}/{lang}/")
+            assert 'id="about-sealing-off"' in index
+            assert 'id="about-server-sealing"' not in index
         async with session.post(deployment.base_url + "/en/contact", data=_contact_form("x")) as resp:
             assert resp.status == 403
         async with session.post(deployment.base_url + "/en/return", data={"codename": "x"}) as resp:

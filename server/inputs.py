@@ -12,7 +12,8 @@ import asyncio
 import contextvars
 import hashlib
 import time
-from collections.abc import AsyncIterator
+from collections.abc import AsyncIterator, Awaitable
+from typing import TypeVar
 
 from aiohttp import web
 from aiohttp.typedefs import Handler
@@ -32,6 +33,8 @@ BODY_MIN_RATE = 4 * 1024
 #: Bytes of request bodies one process holds at once (received, not merely announced);
 #: past it a body is refused with 503 instead of growing the process without bound.
 BODY_BUDGET_BYTES = 96 * 1024 * 1024
+
+T = TypeVar("T")
 
 
 class BodyBudget:
@@ -67,23 +70,38 @@ async def body_budget_middleware(request: web.Request, handler: Handler) -> web.
         request.app[BODY_BUDGET].give(held[0])
 
 
+class BodyPace:
+    """The pacing rule for one request body: each read must end before the average rate since
+    the grace period falls below BODY_MIN_RATE, or the request is answered 408."""
+
+    def __init__(self, what: str) -> None:
+        self.what = what
+        self.started = time.monotonic()
+        self.size = 0
+
+    async def read(self, pending: Awaitable[T]) -> T:
+        """Await one read of the body (the caller adds what it got with :meth:`add`)."""
+        wait = self.started + BODY_GRACE_SECONDS + (self.size + 1) / BODY_MIN_RATE - time.monotonic()
+        try:
+            async with asyncio.timeout(max(wait, 0.0)):
+                return await pending
+        except TimeoutError:
+            raise ApiError(408, "body_too_slow", f"The {self.what} arrived too slowly; send it again.") from None
+
+    def add(self, n: int) -> None:
+        self.size += n
+
+
 async def body_parts(request: web.Request, limit: int, what: str) -> AsyncIterator[bytes]:
     """The body in pieces, at most ``limit`` bytes, paced (408) and counted against the budget (503)."""
     budget, held = request.app.get(BODY_BUDGET), _HELD.get()
-    started = time.monotonic()
-    size = 0
+    pace = BodyPace(what)
     while True:
-        # The next piece must come before the average rate since the grace period falls below the floor.
-        wait = started + BODY_GRACE_SECONDS + (size + 1) / BODY_MIN_RATE - time.monotonic()
-        try:
-            async with asyncio.timeout(max(wait, 0.0)):
-                part = await request.content.readany()
-        except TimeoutError:
-            raise ApiError(408, "body_too_slow", f"The {what} arrived too slowly; send it again.") from None
+        part = await pace.read(request.content.readany())
         if not part:
             return
-        size += len(part)
-        if size > limit:
+        pace.add(len(part))
+        if pace.size > limit:
             raise ApiError(413, "payload_too_large", f"The body may be at most {limit} bytes.")
         if budget is not None and held is not None:
             budget.take(len(part))

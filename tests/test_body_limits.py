@@ -110,3 +110,41 @@ async def test_bodies_past_the_budget_are_refused_and_the_budget_comes_back(
     assert accepted.status == 201, accepted.body
     assert budget.used == 0
     check_response("public", "POST", "/api/v1/contacts", refused.status, refused.body)
+
+
+async def test_slow_web_forms_are_cut_off_and_do_not_hold_the_upload_slots(
+    deployment: Deployment, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """The no-JavaScript contact form holds one of a few upload slots while it is read: as many
+    trickling forms as there are slots are each cut off with 408 after the grace period, and a
+    form sent at normal speed afterwards is sealed and stored."""
+    import aiohttp
+
+    from safepassage.server.web.sealing import MAX_PARALLEL_UPLOADS
+
+    from .test_web_pages import _contact_form, _get
+    from .web_helpers import form_token
+
+    monkeypatch.setattr(inputs, "BODY_GRACE_SECONDS", 1.0)
+    boundary = "slowform"
+    head = (
+        b"POST /en/contact HTTP/1.1\r\nHost: x\r\n"
+        + f"Content-Type: multipart/form-data; boundary={boundary}\r\n".encode()
+        + b"Content-Length: 1000000\r\n\r\n"
+    )
+    first = f'--{boundary}\r\nContent-Disposition: form-data; name="attachment"; filename="a.bin"\r\n\r\n'.encode()
+    before = await deployment.snapshot()
+    answers = await asyncio.gather(
+        *(
+            _raw_request(deployment.base_url, head, [first] + [b"\x00"] * 40, gap=0.25)
+            for _ in range(MAX_PARALLEL_UPLOADS)
+        )
+    )
+    for answer, took in answers:
+        assert answer.startswith(b"HTTP/1.1 408 "), answer
+        assert 1.0 <= took < 4.0, took
+    assert await deployment.snapshot() == before
+    async with aiohttp.ClientSession() as session:
+        token = form_token(await _get(session, deployment.base_url + "/en/contact"))
+        async with session.post(deployment.base_url + "/en/contact", data=_contact_form(token)) as resp:
+            assert resp.status == 201, await resp.text()

@@ -22,6 +22,7 @@ from safepassage.crypto.envelope import MAX_BODY
 from safepassage.crypto.intake import FIELD_NAMES, MAX_FIELD_CHARS
 
 from ..errors import ApiError, bad_request
+from ..inputs import BodyPace
 
 MAX_PARTS: Final = 96
 MAX_NAME_CHARS: Final = 255
@@ -85,9 +86,10 @@ def _file_name(raw: str) -> str:
     return name
 
 
-async def _read_text(part: BodyPartReader, limit: int) -> str:
+async def _read_text(part: BodyPartReader, limit: int, pace: BodyPace) -> str:
     buf = bytearray()
-    while chunk := await part.read_chunk(_READ):
+    while chunk := await pace.read(part.read_chunk(_READ)):
+        pace.add(len(chunk))
         buf += chunk
         if len(buf) > limit:
             raise ApiError(413, "field_too_large", "A form field is larger than this form accepts.")
@@ -102,10 +104,11 @@ async def read_contact_form(request: web.Request, form: ContactForm, *, max_uplo
     if request.content_type != "multipart/form-data":
         raise ApiError(415, "unsupported_media_type", "Send the form as multipart/form-data.")
     reader = await request.multipart()
+    pace = BodyPace("form")
     total = 0
     try:
         for _ in range(MAX_PARTS):
-            part = await reader.next()
+            part = await pace.read(reader.next())
             if part is None:
                 return
             if not isinstance(part, BodyPartReader):
@@ -115,7 +118,8 @@ async def read_contact_form(request: web.Request, form: ContactForm, *, max_uplo
                 if name != "attachment":
                     raise bad_request("Unexpected file field.")
                 data = bytearray()
-                while chunk := await part.read_chunk(_READ):
+                while chunk := await pace.read(part.read_chunk(_READ)):
+                    pace.add(len(chunk))
                     total += len(chunk)
                     if total > max_upload:
                         raise ApiError(413, "upload_too_large", "The attached files are larger than this form accepts.")
@@ -129,7 +133,7 @@ async def read_contact_form(request: web.Request, form: ContactForm, *, max_uplo
             limit = _TEXT_LIMITS.get(name)
             if limit is None or name in form.text:
                 raise bad_request("Unknown or repeated form field.")
-            form.text[name] = await _read_text(part, limit)
+            form.text[name] = await _read_text(part, limit, pace)
         raise bad_request("The form has too many parts.")
     except BaseException:
         form.wipe()
@@ -145,9 +149,10 @@ async def read_text_form(request: web.Request, allowed: Mapping[str, int]) -> di
     if request.content_type != "multipart/form-data":
         raise ApiError(415, "unsupported_media_type", "Send the form as multipart/form-data.")
     reader = await request.multipart()
+    pace = BodyPace("form")
     out: dict[str, str] = {}
     for _ in range(len(allowed) + 1):
-        part = await reader.next()
+        part = await pace.read(reader.next())
         if part is None:
             return out
         if not isinstance(part, BodyPartReader) or part.filename is not None:
@@ -156,5 +161,5 @@ async def read_text_form(request: web.Request, allowed: Mapping[str, int]) -> di
         limit = allowed.get(name)
         if limit is None or name in out:
             raise bad_request("Unknown or repeated form field.")
-        out[name] = await _read_text(part, limit)
+        out[name] = await _read_text(part, limit, pace)
     raise bad_request("The form has too many parts.")

@@ -253,10 +253,12 @@ async def test_hostile_contact_forms_are_refused_and_store_nothing(deployment: D
         repeated.add_field("message", "again")
         assert (await post(repeated))[0] == 400
         assert (await post({"form": token, "message": "x"}))[0] == 415
-        bad = aiohttp.FormData()
-        bad.add_field("form", token)
-        bad.add_field("message", b"\xff\xfe", content_type="text/plain")
-        assert (await post(bad))[0] == 400
+        # A complete form but for one text part (no file name) whose bytes are not UTF-8.
+        fields = {"form": token, "pool": "general", "language": "ru"}
+        bad = "".join(f'--b\r\nContent-Disposition: form-data; name="{k}"\r\n\r\n{v}\r\n' for k, v in fields.items())
+        bad_bytes = bad.encode() + b'--b\r\nContent-Disposition: form-data; name="message"\r\n\r\n'
+        bad_bytes += b"\xff\xfe\r\n--b--\r\n"
+        assert (await post(bad_bytes, headers={"Content-Type": "multipart/form-data; boundary=b"}))[0] == 400
         # Empty message, bad language.
         assert (await post(_contact_form(token, message="   ")))[0] == 400
         assert (await post(_contact_form(token, language="RU1")))[0] == 400

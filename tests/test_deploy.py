@@ -92,7 +92,14 @@ def test_units_pass_systemd_analyze_verify(tmp_path: Path) -> None:
     exe = str(Path(sys.executable).with_name("safepassage"))
     for unit in UNITS:
         text = (DEPLOY / "systemd" / f"{unit}.service").read_text()
-        for needed in ("NoNewPrivileges=yes", "ProtectSystem=strict", "PrivateTmp=yes", "CapabilityBoundingSet=\n"):
+        for needed in (
+            "NoNewPrivileges=yes",
+            "ProtectSystem=strict",
+            "PrivateTmp=yes",
+            "CapabilityBoundingSet=\n",
+            "LimitCORE=0\n",
+            "MemorySwapMax=0\n",
+        ):
             assert needed in text, (unit, needed)
         assert "User=root" not in text
         (tmp_path / f"{unit}.service").write_text(text.replace("/opt/safepassage/venv/bin/safepassage", exe))

@@ -29,7 +29,12 @@ from safepassage.server.integration import create_integration_app, migrate
 from safepassage.server.integration.bootstrap import init_data_dir, plan_init
 from safepassage.server.integration.config import load_integration_config, publish_integration_onion
 from safepassage.server.integration.directory import IntakeDirectorySource
-from safepassage.server.integration.keys import add_encryption_key, load_signing_key, open_officer_keys
+from safepassage.server.integration.keys import (
+    add_encryption_key,
+    create_next_signing_key,
+    load_signing_key,
+    open_officer_keys,
+)
 from safepassage.server.integration.models import Package
 
 from .errors import UsageError
@@ -253,6 +258,21 @@ def rotate_key(data_dir: Path, passphrase_file: Path | None, vault_path: Path | 
     click.echo(f"with the unchanged signing key {b64e(signing.public_bytes_raw())};")
     click.echo(
         "they run: admin propose --integration-signing-key SIGNING --integration-key NEW [--integration-key OLD]"
+    )
+
+
+@integration.command(name="rotate-signing-key")
+@_data
+def rotate_signing_key(data_dir: Path) -> None:
+    """Make the service's next signing key; it replaces the current one once a directory lists it."""
+    config = load_integration_config(data_dir)
+    key = create_next_signing_key(config.keys_dir).verify_key
+    click.echo("Next signing key made (keys/signing.next.key). Give the admins (compare fingerprints with them):")
+    click.echo(f"  signing key:  {b64e(key.public_bytes_raw())}")
+    click.echo(f"  fingerprint:  {key.fingerprint()}")
+    click.echo(
+        "they run: admin propose --integration-signing-key NEW --integration-key KEY (each key listed now); "
+        "the service switches when it reads that directory and destroys the old key."
     )
 
 

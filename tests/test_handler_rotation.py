@@ -37,7 +37,15 @@ from safepassage.crypto.threshold import KeySet
 from safepassage.server.context import INTAKE
 from safepassage.server.db.models import Chunk, Mailbox, Message
 from safepassage.server.db.models import Contact as ContactRow
-from safepassage.server.integration.keys import add_encryption_key, create_officer_vault, open_officer_keys
+from safepassage.server.integration.keys import (
+    NEXT_SIGNING_KEY_FILE,
+    SIGNING_KEY_FILE,
+    add_encryption_key,
+    create_next_signing_key,
+    create_officer_vault,
+    load_signing_key,
+    open_officer_keys,
+)
 from safepassage.server.integration.models import Package
 from safepassage.server.keys import create_next_receipt_key, load_keys
 from safepassage.server.staff.totp import Totp, TotpSecret, counter_at
@@ -323,6 +331,37 @@ async def test_integration_key_rotation_then_escalation(
         E.open_envelope(package.envelope, [dep.org.integration_key], expected_purpose=E.Purpose.ESCALATION)
     opened = E.open_envelope(package.envelope, held, expected_purpose=E.Purpose.ESCALATION)
     assert Escalation.open_payload(opened.plaintext, dep.directory).contact_id == case_id
+
+
+async def test_integration_signing_key_rotation_then_a_full_case(
+    staff: StaffDeployment,  # noqa: F811
+    integration: Integration,
+    tmp_path: Path,
+) -> None:
+    """The integration service's signing key: the next key waits beside the current one; the
+    admins list it; the first receipt after the publication is signed with it (the service reads
+    the directory again before signing while a rotation waits), and the old key is gone."""
+    dep = staff.dep
+    keys_dir = integration.config.keys_dir
+    paths, _ = await _enrolled(staff, integration, tmp_path)
+    old = load_signing_key(keys_dir)
+    waiting = create_next_signing_key(keys_dir)
+    # Until the admins list it, nothing changes: receipts are still signed with the old key.
+    await _full_case(staff, integration, paths, tmp_path / "before", "before the signing key")
+    assert integration.service.signing_key.verify_key == old.verify_key
+
+    start = now_ts() - 3600
+    roster = (*(dep.org.handler(h, p, start=start) for h, p in ROSTER.items()), _dana(paths, paths.intake_key))
+    service = IntegrationService(waiting.verify_key, dep.directory.integration.encryption_keys)
+    await staff.publish(dep.org.directory(3, handlers=roster, integration=service))
+    # No explicit refresh of the service: the receipt path does it while a rotation waits.
+    await _full_case(staff, integration, paths, tmp_path / "after", "after the signing key")
+    assert integration.service.signing_key.verify_key == waiting.verify_key
+    assert load_signing_key(keys_dir).verify_key == waiting.verify_key
+    assert not (keys_dir / NEXT_SIGNING_KEY_FILE).exists()
+    assert old.seed_bytes_raw() not in (keys_dir / SIGNING_KEY_FILE).read_bytes()
+    async with integration.store.read() as session:
+        assert len((await session.scalars(select(Package))).all()) == 2
 
 
 async def test_receipt_key_and_admin_set_rotations_then_a_full_case(

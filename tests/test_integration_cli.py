@@ -26,9 +26,9 @@ from hypothesis import strategies as st
 
 from safepassage.client.officer import safe_file_name
 from safepassage.crypto.directory import IntegrationService
-from safepassage.crypto.encoding import b64d
+from safepassage.crypto.encoding import b64d, b64e
 from safepassage.crypto.envelope import CHUNK_DATA_MAX
-from safepassage.crypto.keys import HybridPublicKey, VerifyKey
+from safepassage.crypto.keys import HybridPublicKey, SigningKey, VerifyKey
 from safepassage.crypto.staffmsg import IntegrationReceipt
 from safepassage.crypto.vault import MIN_MEMLIMIT, MIN_OPSLIMIT, Passphrase
 from safepassage.server.context import INTAKE
@@ -356,3 +356,23 @@ async def test_run_serves_the_api(integration: Integration, tmp_path: Path) -> N
     assert CANARY not in log
     assert "canary-token-5d2" not in log
     assert pkg.package_id not in log  # no access log
+
+
+async def test_rotate_signing_key_makes_one_waiting_key(integration: Integration) -> None:
+    data, keys = integration.config.data_dir, integration.config.keys_dir
+    current = (keys / "signing.key").read_bytes()
+    code, out, err = await run("integration", "rotate-signing-key", "--data", str(data))
+    assert code == 0, err
+    waiting = keys / "signing.next.key"
+    assert waiting.stat().st_mode & 0o777 == 0o600
+    made = SigningKey.from_seed_bytes(waiting.read_bytes()).verify_key
+    assert b64e(made.public_bytes_raw()) in out
+    assert made.fingerprint() in out
+    assert (keys / "signing.key").read_bytes() == current  # nothing switches before the admins list it
+    # A second rotation while one waits: one error line, the waiting key kept.
+    before = waiting.read_bytes()
+    _refused(*(await run("integration", "rotate-signing-key", "--data", str(data))), 2)
+    assert waiting.read_bytes() == before
+    # No service here: refused, nothing written.
+    _refused(*(await run("integration", "rotate-signing-key", "--data", str(data / "nowhere"))), 2)
+    assert not (data / "nowhere").exists()

@@ -95,8 +95,8 @@ def _check_envelope(directory: Directory, data: bytes) -> None:
         )
 
 
-def _receipt_answer(service: IntegrationService, package: Package) -> dict[str, object]:
-    receipt = service.receipt(package.id, package.envelope_hash, package.day.isoformat())
+async def _receipt_answer(service: IntegrationService, package: Package) -> dict[str, object]:
+    receipt = await service.receipt(package.id, package.envelope_hash, package.day.isoformat())
     return {"package": package.id, "status": "complete", "receipt": receipt.to_json()}
 
 
@@ -155,7 +155,7 @@ async def deliver_package(request: web.Request) -> web.Response:
         await _flush_or_replay(session)
     if token is not None:
         return web.json_response({"package": package_id, "status": "pending", "upload_token": token}, status=201)
-    return web.json_response(_receipt_answer(service, package), status=201)
+    return web.json_response(await _receipt_answer(service, package), status=201)
 
 
 async def _upload_target(session: AsyncSession, request: web.Request, package_id: str) -> Package:
@@ -233,4 +233,4 @@ async def finalise_package(request: web.Request) -> web.Response:
             package.upload_expires = None
     # After the commit. Finalising again with the same token returns the same
     # receipt, so a handler that lost the answer can ask again.
-    return web.json_response(_receipt_answer(service, package))
+    return web.json_response(await _receipt_answer(service, package))

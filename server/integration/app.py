@@ -86,6 +86,7 @@ def create_integration_app(
             directory_source or IntakeDirectorySource(config), signing_key.verify_key, config.directory_max_age_seconds
         )
         service = IntegrationService(config, active, signing_key, keeper)
+        keeper.follow_key = service.follow_signing_key
         try:
             await asyncio.wait_for(keeper.refresh(), FIRST_REFRESH_TIMEOUT)
         except TimeoutError:

@@ -19,11 +19,14 @@ What happens when a refresh fails depends on why:
   the operator must investigate before restarting;
 * any other failed check (a bad signature or proof, a directory that does not
   name this service's signing key): the directory is dropped at once, and the
-  next refresh may bring a good one.
+  next refresh may bring a good one. A directory that names the service's
+  waiting next signing key (``integration rotate-signing-key``) completes that
+  rotation instead.
 """
 
 from __future__ import annotations
 
+import asyncio
 import logging
 import time
 from collections.abc import Callable
@@ -80,6 +83,8 @@ class DirectoryKeeper:
     signing_key: VerifyKey
     max_age: float
     clock: Callable[[], float] = time.monotonic
+    #: Called with a listed key that is not ours: True when the service switched to it (its waiting next key).
+    follow_key: Callable[[VerifyKey], bool] | None = None
     _directory: Directory | None = field(default=None, repr=False)
     _verified_at: float = 0.0
     _halted: str = ""
@@ -116,9 +121,15 @@ class DirectoryKeeper:
         except Exception as exc:  # a failed round must not stop the next one
             log.error("directory refresh failed: %s", type(exc).__name__)
             return
-        if directory.integration.signing_key != self.signing_key:
-            self._directory = None
-            log.error("directory version %d does not list this service's signing key", directory.version)
-            return
+        listed = directory.integration.signing_key
+        if listed != self.signing_key:
+            if self.follow_key is None or not await asyncio.to_thread(self.follow_key, listed):
+                self._directory = None
+                log.error("directory version %d does not list this service's signing key", directory.version)
+                return
+            self.signing_key = listed
+            log.warning(
+                "directory version %d lists the next signing key: receipts are signed with it", directory.version
+            )
         self._directory = directory
         self._verified_at = self.clock()

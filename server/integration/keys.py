@@ -3,6 +3,9 @@
 * ``DATA/keys/signing.key`` (0600, folder 0700): the Ed25519 seed that signs
   integration receipts. Its public half is the directory's integration
   ``signing_key``. The running service loads it; nothing else does.
+* ``DATA/keys/signing.next.key``: during a rotation (``integration
+  rotate-signing-key``), the key that replaces it once a verified directory
+  lists it; the switch renames it over ``signing.key`` (the old key is gone).
 * The officer's vault (crypto/vault.py, section 11): the hybrid encryption
   keys whose public halves are the directory's integration
   ``encryption_keys``. Only ``integration init`` (which makes them) and
@@ -13,16 +16,18 @@
 
 from __future__ import annotations
 
+import os
 from collections.abc import Sequence
 from pathlib import Path
 from typing import Final
 
 from safepassage.crypto.errors import SafePassageError
-from safepassage.crypto.keys import HybridPrivateKey, SigningKey
+from safepassage.crypto.keys import HybridPrivateKey, SigningKey, VerifyKey
 from safepassage.crypto.privatefile import read_private, write_private
 from safepassage.crypto.vault import Passphrase, VaultContents, create_vault, open_vault, save_vault
 
 SIGNING_KEY_FILE: Final = "signing.key"
+NEXT_SIGNING_KEY_FILE: Final = "signing.next.key"
 #: Vault entry names of the encryption keys: this prefix and the key id's first 16 bytes in hex.
 ENCRYPTION_ENTRY_PREFIX: Final = "integration-encryption."
 
@@ -59,6 +64,57 @@ def load_signing_key(keys_dir: Path) -> SigningKey:
     except FileNotFoundError:
         raise MissingSigningKey() from None
     return SigningKey.from_seed_bytes(seed)
+
+
+class SigningKeyPending(SafePassageError):
+    """A signing-key rotation is already waiting for the admins."""
+
+    hint = (
+        "Have the admins publish a directory listing keys/signing.next.key's public key "
+        "(admin propose --integration-signing-key), or delete that file to start over."
+    )
+    exit_code = 2
+
+
+def create_next_signing_key(keys_dir: Path) -> SigningKey:
+    """Start a rotation: a new signing key beside the current one, used once a directory lists it."""
+    load_signing_key(keys_dir)  # a folder without the current key is refused before anything is written
+    key = SigningKey.generate()
+    try:
+        write_private(keys_dir / NEXT_SIGNING_KEY_FILE, key.seed_bytes_raw(), replace=False)
+    except FileExistsError:
+        raise SigningKeyPending() from None
+    return key
+
+
+def load_next_signing_key(keys_dir: Path) -> SigningKey | None:
+    try:
+        seed = read_private(keys_dir / NEXT_SIGNING_KEY_FILE, max_len=64, what="the next integration signing key")
+    except FileNotFoundError:
+        return None
+    return SigningKey.from_seed_bytes(seed)
+
+
+def next_signing_key_waiting(keys_dir: Path) -> bool:
+    return (keys_dir / NEXT_SIGNING_KEY_FILE).exists()
+
+
+def promote_signing_key(keys_dir: Path, wanted: VerifyKey) -> SigningKey | None:
+    """The key a directory lists: the current one, or the waiting next one made current (the old one
+    destroyed in the same rename); None when this service holds neither."""
+    for _ in range(2):
+        current = load_signing_key(keys_dir)
+        if current.verify_key == wanted:
+            return current
+        waiting = load_next_signing_key(keys_dir)
+        if waiting is None or waiting.verify_key != wanted:
+            return None
+        try:
+            os.replace(keys_dir / NEXT_SIGNING_KEY_FILE, keys_dir / SIGNING_KEY_FILE)
+        except FileNotFoundError:
+            continue  # promoted by another process between the two reads: look again
+        return waiting
+    return None
 
 
 def _entry_name(key: HybridPrivateKey) -> str:

@@ -218,6 +218,7 @@ def _changes(
     receipt_key: str | None,
     onion: tuple[str, ...],
     set_policy: tuple[str, ...],
+    unset_policy: tuple[str, ...],
 ) -> Changes:
     changes = Changes(organisation=organisation, threshold=threshold)
     changes.add_admins = [_verify_key(k, "--add-admin") for k in add_admin]
@@ -251,6 +252,7 @@ def _changes(
             raise UsageError("--onion takes ROLE=ADDRESS")
         changes.onions[role] = address
     changes.policy = dict(_policy(p) for p in set_policy)
+    changes.unset_policy = list(unset_policy)
     return changes
 
 
@@ -292,6 +294,7 @@ def _changes(
 @click.option("--receipt-key", metavar="KEY", help="The server's (new) receipt key.")
 @click.option("--onion", multiple=True, metavar="ROLE=ADDRESS", help="public, staff or integration.")
 @click.option("--set-policy", multiple=True, metavar="KEY=VALUE")
+@click.option("--unset-policy", multiple=True, metavar="KEY", help="Remove a policy key (its default applies).")
 @_socks
 def propose_command(vault: Path, socks: str | None, **options: Any) -> None:
     """Propose the next directory; other admins then review and sign it."""

@@ -40,6 +40,8 @@ class Changes:
     receipt_key: VerifyKey | None = None
     onions: dict[str, str] = field(default_factory=dict)
     policy: dict[str, PolicyValue] = field(default_factory=dict)
+    #: Policy keys to remove (their defaults apply again).
+    unset_policy: list[str] = field(default_factory=list)
     #: Drop intake keys that expired before this time (keeps the directory small).
     drop_expired_before: int | None = None
 
@@ -154,8 +156,18 @@ def apply_changes(base: Directory | None, changes: Changes, now: int) -> Directo
         integration=integration,
         receipt_key=receipt,
         onions={**(base.onions if base else {}), **changes.onions},
-        policy={**(base.policy if base else {}), **changes.policy},
+        policy=_policy(base, changes),
     )
+
+
+def _policy(base: Directory | None, changes: Changes) -> dict[str, PolicyValue]:
+    policy = {**(base.policy if base else {}), **changes.policy}
+    for key in changes.unset_policy:
+        if key in changes.policy:
+            raise UsageError(f"policy {key!r} is both set and unset")
+        if policy.pop(key, None) is None:
+            raise UsageError(f"policy {key!r} is not set")
+    return policy
 
 
 # --- showing a change ---------------------------------------------------------------------------------

@@ -23,11 +23,11 @@ from safepassage.client import admin as flows
 from safepassage.client.cli import main
 from safepassage.client.handler_vault import HandlerPaths, enrolment_document
 from safepassage.crypto.directory import IntakeKey
-from safepassage.crypto.encoding import canonical_json
+from safepassage.crypto.encoding import b64e, canonical_json
 from safepassage.crypto.keys import SigningKey
 from safepassage.crypto.privatefile import write_private
 from safepassage.crypto.vault import MIN_MEMLIMIT, MIN_OPSLIMIT, Passphrase, VaultContents, create_vault
-from safepassage.server.db.models import AuditLogEntry
+from safepassage.server.db.models import AuditLogEntry, DirectoryProposal
 
 from .deployment import now_ts
 from .helpers import signing_key
@@ -255,3 +255,49 @@ async def staff_calls_enroll(sd: StaffDeployment, invitation: str) -> int:
         ) as response,
     ):
         return response.status
+
+
+async def test_propose_options_each_show_in_the_diff(
+    staff: StaffDeployment,  # noqa: F811
+    tmp_path: Path,
+) -> None:
+    """Every kind of change admin propose takes reaches the proposal, and the diff names it."""
+    dep = staff.dep
+    ada = await _admin(staff, tmp_path, "ada", dep.org.admins[0])
+    signing, encryption = signing_key("next integration"), dep.org.integration_key.public_key
+    onion = "b" * 56 + ".onion"
+    code, out, err = await cli(
+        "admin", "propose", "--vault", str(ada.vault),
+        "--organisation", "Renamed Org",
+        "--threshold", "3",
+        "--integration-signing-key", b64e(signing.verify_key.public_bytes_raw()),
+        "--integration-key", b64e(encryption.public_bytes_raw()),
+        "--onion", f"public={onion}",
+        "--set-policy", "intake_key_days=5",
+        "--set-policy", "retention_case_days=30",
+    )  # fmt: skip
+    assert code == 0, err
+    assert "Organisation name: 'Renamed Org'" in out
+    assert "INTEGRATION SERVICE keys:" in out
+    assert signing.verify_key.fingerprint() in out
+    assert f"Onion public: None -> '{onion}'" in out
+    assert "Policy intake_key_days: 7 -> 5" in out
+    assert "Policy retention_case_days: None -> 30" in out
+    assert "ADMIN SET: 3 of 3 must sign (was 2 of 3)" in out
+    # Mistakes in those options: one error line each, nothing proposed.
+    async with dep.store.read() as session:
+        proposals = len((await session.scalars(select(DirectoryProposal))).all())
+    for wrong in (
+        ("--onion", "public"),
+        ("--integration-key", b64e(encryption.public_bytes_raw())),  # no signing key with it
+        ("--set-policy", "intake_key_days"),
+        ("--unset-policy", "never_set"),
+        ("--set-policy", "intake_key_days=5", "--unset-policy", "intake_key_days"),
+        ("--receipt-key", "not base64"),
+    ):
+        code, out, err = await cli("admin", "propose", "--vault", str(ada.vault), *wrong)
+        assert code == 2, (wrong, err)
+        assert err.startswith("error:"), wrong
+        assert [line for line in err.splitlines() if line.startswith("error:")] == [err.splitlines()[0]], wrong
+    async with dep.store.read() as session:
+        assert len((await session.scalars(select(DirectoryProposal))).all()) == proposals == 1

@@ -74,3 +74,16 @@ def test_every_change_is_shown_with_its_fingerprints() -> None:
     # Same key, another window: shown as removed and added again.
     assert text.count(bob.intake_keys[0].key.fingerprint()) == 2
     assert new.version == base.version + 1
+
+
+def test_a_policy_key_can_be_unset() -> None:
+    base = dataclasses.replace(ORG.directory(), policy={"intake_key_days": 5, "retention_case_days": 30})
+    new = apply_changes(base, Changes(unset_policy=["intake_key_days"]), NOW)
+    assert new.policy == {"retention_case_days": 30}
+    assert "Policy intake_key_days: 5 -> None" in describe_changes(base, new)
+    for changes in (
+        Changes(unset_policy=["never_set"]),
+        Changes(policy={"intake_key_days": 6}, unset_policy=["intake_key_days"]),
+    ):
+        with pytest.raises(UsageError):
+            apply_changes(base, changes, NOW)

@@ -54,7 +54,7 @@ from .admin_api import AdminClient, ProposalDetail, ProposalSummary, Published
 from .audit import AuditHeadRef, AuditReport, receipt_keys_of, verify_audit_log
 from .directory_changes import Changes, apply_changes, describe_changes
 from .errors import ClientError, ProtocolViolation, ServerRefused, UsageError
-from .handler import login, logout, staff_session
+from .handler import check_staff_address, login, logout, staff_session
 from .handler_vault import HandlerPaths, Profile, vault_lock
 from .intake_api import IntakeClient
 from .staff_api import StaffEnrolment
@@ -152,6 +152,7 @@ async def enroll_admin(
     org = normalise_fingerprint(org)
     with vault_lock(paths):
         contents = open_vault(paths.vault, passphrase)
+        await check_staff_address(paths, staff, intake=intake, org=org, socks=socks, now=_now(None))
         async with AdminClient(staff, socks=socks) as client:
             answer = await client.enroll(invitation, password)
             if answer.role != "admin":

@@ -37,6 +37,8 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Final, TypeVar
 
+from yarl import URL
+
 from safepassage.crypto.directory import Directory, IntakeKey
 from safepassage.crypto.encoding import canonical_json
 from safepassage.crypto.envelope import OpenedEnvelope, Purpose, open_envelope, parse_chunk_frame, seal
@@ -225,6 +227,27 @@ async def _trusted(paths: HandlerPaths, org: str, intake: str | None, socks: str
     # 8.7 step 4: remember the head only after every check passed.
     trusted.state.save(paths.state)
     return trusted
+
+
+async def check_staff_address(
+    paths: HandlerPaths, staff: str, *, intake: str, org: str, socks: str | None, now: int
+) -> None:
+    """Before a password or TOTP code goes to an onion address, check it is the staff onion of the
+    directory verified from the pinned organisation (a phishing copy of the staff onion would
+    otherwise collect both). Before the first directory is published there is nothing to check
+    against (the first admins enrol then); loopback addresses are not checked (tests, the demo)."""
+    if not (URL(staff).host or "").endswith(".onion"):
+        return
+    state = HeadState.load(paths.state)
+    async with IntakeClient(intake, socks=socks) as client:
+        try:
+            trusted = await fetch_trusted_directory(client, org, state, now)
+        except ServerRefused as exc:
+            if exc.status == 503 and exc.code == "no_directory" and state is None:
+                return
+            raise
+    check_onion(staff, trusted.directory, "staff")
+    trusted.state.save(paths.state)
 
 
 def _check_listed(directory: Directory, keys: HandlerKeys) -> HandlerKeys:
@@ -463,6 +486,7 @@ async def enroll(
     state = HeadState.load(paths.state)
     async with IntakeClient(intake, socks=socks) as client:
         trusted = await fetch_trusted_directory(client, org, state, now)
+    check_onion(staff, trusted.directory, "staff")  # before the password and TOTP secret are exchanged
 
     identity = SigningKey.generate()
     intake_private = HybridPrivateKey.generate()
@@ -528,6 +552,10 @@ async def login(
             raise ProfileError("no profile beside the vault; pass the user name and the staff server")
         username = username or profile.handler_id
         staff = staff or profile.staff
+    if profile is None and (URL(staff).host or "").endswith(".onion"):
+        raise ProfileError("an onion staff address is checked against the directory, which needs the profile")
+    if profile is not None:
+        await check_staff_address(paths, staff, intake=profile.intake, org=profile.org, socks=socks, now=_now(None))
     async with StaffClient(staff, socks=socks) as client:
         session = await client.login(username, password, code.strip())
     saved = SavedSession(staff, username, session.token, session.role, session.absolute_expires)

@@ -313,6 +313,10 @@ async def test_applicant_handler_and_escalation_over_onions(
 
             with pytest.raises(OnionMismatch, match=o.public):
                 await _retry(via_copy)
+            # The same copy offered to the handler as "the staff onion": refused before a password or
+            # TOTP code goes anywhere (the check reads the verified directory over the public onion).
+            with pytest.raises(OnionMismatch, match=o.staff):
+                await login(paths, password=PASSWORD, code="000000", staff=f"http://{phish}", socks=handler_socks)
         finally:
             await asyncio.to_thread(copy.close)
 

@@ -8,6 +8,7 @@ thread while the server under test keeps the event loop.
 
 from __future__ import annotations
 
+import base64
 import os
 import shutil
 from collections.abc import Iterator
@@ -84,9 +85,12 @@ def csp_violations(driver: object) -> list[str]:
 def screenshot(driver: object, name: str) -> Path:
     SCREENSHOTS.mkdir(parents=True, exist_ok=True)
     path = SCREENSHOTS / f"{name}.png"
-    # The whole page, not only the first screen.
-    height = driver.execute_cdp_cmd("Page.getLayoutMetrics", {})["cssContentSize"]["height"]  # type: ignore[attr-defined]
-    driver.set_window_size(WINDOW[0], max(WINDOW[1], int(height) + 100))  # type: ignore[attr-defined]
-    driver.save_screenshot(str(path))  # type: ignore[attr-defined]
-    driver.set_window_size(*WINDOW)  # type: ignore[attr-defined]
+    # The whole page from its top, whatever is scrolled into view (a page that scrolled to a
+    # message would otherwise lose its header).
+    size = driver.execute_cdp_cmd("Page.getLayoutMetrics", {})["cssContentSize"]  # type: ignore[attr-defined]
+    clip = {"x": 0, "y": 0, "width": size["width"], "height": size["height"], "scale": 1}
+    shot = driver.execute_cdp_cmd(  # type: ignore[attr-defined]
+        "Page.captureScreenshot", {"format": "png", "captureBeyondViewport": True, "clip": clip}
+    )
+    path.write_bytes(base64.b64decode(shot["data"]))
     return path

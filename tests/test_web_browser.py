@@ -130,6 +130,11 @@ def _return(driver: object, base: str, lang: str, codename: str) -> tuple[str, l
 
     shots, violations = [], []
     driver.get(f"{base}/{lang}/return")  # type: ignore[attr-defined]
+    # A mistyped codename: the page explains, in the page's language, and keeps nothing.
+    driver.find_element(By.ID, "codename").send_keys("not a codename")  # type: ignore[attr-defined]
+    assert _submit(driver, "button[value=read]", "form-error").is_displayed()
+    shots.append(screenshot(driver, f"{lang}-return-error"))
+    violations += csp_violations(driver)
     driver.find_element(By.ID, "codename").send_keys(codename)  # type: ignore[attr-defined]
     replies = _submit(driver, "button[value=read]", "replies").text
     shots.append(screenshot(driver, f"{lang}-return-replies"))

@@ -84,7 +84,7 @@ def _keep_witness_option(ctx: click.Context, param: click.Parameter, value: obje
     ctx.meta.setdefault(_WITNESSES, {})[param.name] = value
 
 
-def _witness_options(f: Callable[..., Any]) -> Callable[..., Any]:
+def witness_options(f: Callable[..., Any]) -> Callable[..., Any]:
     """--witness KEY (repeatable) and --witnesses-required K: refuse heads without K cosignatures (8.6)."""
     f = click.option(
         "--witnesses-required",
@@ -103,7 +103,7 @@ def _witness_options(f: Callable[..., Any]) -> Callable[..., Any]:
     )(f)
 
 
-def _pinned_witnesses() -> KeySet | None:
+def pinned_witnesses() -> KeySet | None:
     ctx = click.get_current_context(silent=True)
     given = ctx.meta.get(_WITNESSES, {}) if ctx is not None else {}
     keys = tuple(given.get("witness") or ())
@@ -139,7 +139,7 @@ async def _trusted(
     client: IntakeClient, org_fingerprint: str, state_path: Path | None, state: HeadState | None
 ) -> TrustedDirectory:
     trusted = await fetch_trusted_directory(
-        client, org_fingerprint, state, int(time.time()), witnesses=_pinned_witnesses()
+        client, org_fingerprint, state, int(time.time()), witnesses=pinned_witnesses()
     )
     if state_path is not None:
         # 8.7 step 4: remember the head only after every check passed.
@@ -432,7 +432,7 @@ def contact() -> None:
 )
 @_socks
 @_state
-@_witness_options
+@witness_options
 def send_command(
     server: str,
     org_fingerprint: str,
@@ -511,7 +511,7 @@ def _default_language(trusted: TrustedDirectory, pool: str) -> str:
 @_codename_file
 @_socks
 @_state
-@_witness_options
+@witness_options
 def check_command(
     server: str, org_fingerprint: str, codename_file: Path | None, socks: str | None, state_path: Path | None
 ) -> None:
@@ -536,7 +536,7 @@ def check_command(
 @_codename_file
 @_socks
 @_state
-@_witness_options
+@witness_options
 def reply_command(
     server: str,
     org_fingerprint: str,

@@ -53,6 +53,7 @@ from safepassage.crypto.intake import AttachmentInfo, Contact, FollowUp
 from safepassage.crypto.keys import HybridPrivateKey, SigningKey
 from safepassage.crypto.privatefile import write_private
 from safepassage.crypto.staffmsg import MAX_TEXT, Escalation, IntegrationReceipt, Reply, sign_delivery
+from safepassage.crypto.threshold import KeySet
 from safepassage.crypto.vault import (
     DEFAULT_MEMLIMIT,
     DEFAULT_OPSLIMIT,
@@ -220,10 +221,17 @@ def _intake_url(paths: HandlerPaths, intake: str | None) -> str:
     return profile.intake
 
 
-async def _trusted(paths: HandlerPaths, org: str, intake: str | None, socks: str | None, now: int) -> TrustedDirectory:
+async def _trusted(
+    paths: HandlerPaths,
+    org: str,
+    intake: str | None,
+    socks: str | None,
+    now: int,
+    witnesses: KeySet | None = None,
+) -> TrustedDirectory:
     state = HeadState.load(paths.state)
     async with IntakeClient(_intake_url(paths, intake), socks=socks) as client:
-        trusted = await fetch_trusted_directory(client, org, state, now)
+        trusted = await fetch_trusted_directory(client, org, state, now, witnesses=witnesses)
     # 8.7 step 4: remember the head only after every check passed.
     trusted.state.save(paths.state)
     return trusted
@@ -461,6 +469,7 @@ async def enroll(
     now: int | None = None,
     opslimit: int = DEFAULT_OPSLIMIT,
     memlimit: int = DEFAULT_MEMLIMIT,
+    witnesses: KeySet | None = None,
 ) -> Enrolled:
     """Register with the staff server and create the handler's vault and ``intake-key.json``.
 
@@ -468,7 +477,8 @@ async def enroll(
     to the person) and returns the first code from the authenticator; it is
     called again, up to three times in all, if the server refuses a code. The
     vault is written only once the server confirmed the enrolment, so a
-    failure leaves no key on disk.
+    failure leaves no key on disk. ``witnesses``, if given, are pinned in the
+    vault: every later directory must come with a head K of them cosigned (8.6).
     """
     now = _now(now)
     paths = HandlerPaths(Path(vault))
@@ -485,7 +495,7 @@ async def enroll(
     # The organisation must be the one pinned: a mistyped fingerprint stops here, before the server.
     state = HeadState.load(paths.state)
     async with IntakeClient(intake, socks=socks) as client:
-        trusted = await fetch_trusted_directory(client, org, state, now)
+        trusted = await fetch_trusted_directory(client, org, state, now, witnesses=witnesses)
     check_onion(staff, trusted.directory, "staff")  # before the password and TOTP secret are exchanged
 
     identity = SigningKey.generate()
@@ -506,7 +516,7 @@ async def enroll(
     create_vault(
         paths.vault,
         passphrase,
-        new_vault_contents(handler_id, org, identity, held),
+        new_vault_contents(handler_id, org, identity, held, witnesses),
         opslimit=opslimit,
         memlimit=memlimit,
     )
@@ -607,7 +617,7 @@ async def read_case(
     with vault_lock(paths):
         _, keys = open_handler_vault(paths, passphrase)
         SavedSession.load(paths, now=now)
-        trusted = await _trusted(paths, keys.org, intake, socks, now)
+        trusted = await _trusted(paths, keys.org, intake, socks, now, keys.witnesses)
         _check_staff_onion(paths, trusted.directory, now)
         async with _staff(paths, socks, now) as staff:
             source = source_for(paths, staff, case_id)
@@ -703,7 +713,7 @@ async def reply(
     with vault_lock(paths):
         contents, keys = open_handler_vault(paths, passphrase)
         SavedSession.load(paths, now=now)
-        trusted = await _trusted(paths, keys.org, intake, socks, now)
+        trusted = await _trusted(paths, keys.org, intake, socks, now, keys.witnesses)
         # Applicants verify replies against the directory: refuse to send one they would show as forged.
         keys = _check_listed(trusted.directory, keys)
         _check_staff_onion(paths, trusted.directory, now)
@@ -748,7 +758,7 @@ async def escalate(
     with vault_lock(paths):
         _, keys = open_handler_vault(paths, passphrase)
         SavedSession.load(paths, now=now)
-        trusted = await _trusted(paths, keys.org, intake, socks, now)
+        trusted = await _trusted(paths, keys.org, intake, socks, now, keys.witnesses)
         directory = trusted.directory
         # The integration service checks our delivery signature against the directory.
         keys = _check_listed(directory, keys)

@@ -218,7 +218,7 @@ async def read_all(
     with vault_lock(paths):
         _, keys = open_handler_vault(paths, passphrase)
         SavedSession.load(paths, now=now)
-        trusted = await _trusted(paths, keys.org, intake, socks, now)
+        trusted = await _trusted(paths, keys.org, intake, socks, now, keys.witnesses)
         _check_staff_onion(paths, trusted.directory, now)
         prepare_folder(out)
         run = _Run(paths, keys, trusted.directory, out, progress or (lambda done, total: None))

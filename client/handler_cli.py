@@ -26,7 +26,7 @@ import qrcode  # type: ignore[import-untyped]
 from safepassage.crypto.vault import Passphrase
 
 from .case_text import reading_body, reading_header
-from .contact_cli import _read_message
+from .contact_cli import _read_message, pinned_witnesses, witness_options
 from .errors import UsageError, untrusted_text
 from .handler import (
     CaseReading,
@@ -168,6 +168,7 @@ def handler() -> None:
 @click.option("--password-file", type=click.Path(dir_okay=False, path_type=Path), metavar="FILE")
 @click.option("--totp-code", metavar="CODE", help="The first TOTP code (for scripts); otherwise you are asked.")
 @click.option("--days", type=click.IntRange(1, 90), default=7, show_default=True, help="Intake key validity.")
+@witness_options
 @_socks
 def enroll_command(
     staff: str,
@@ -181,7 +182,11 @@ def enroll_command(
     days: int,
     socks: str | None,
 ) -> None:
-    """Create your vault and keys, and register with the staff server using an invitation."""
+    """Create your vault and keys, and register with the staff server using an invitation.
+
+    Witness keys given here are pinned in the vault: every later command refuses a directory
+    whose log head lacks their cosignatures."""
+    witnesses = pinned_witnesses()  # a malformed key is refused before any passphrase is asked for
     passphrase = _passphrase(passphrase_file, new=True)
     password = _password(password_file, new=True)
     asked = 0
@@ -211,6 +216,7 @@ def enroll_command(
             totp_code=ask,
             socks=socks,
             validity_days=days,
+            witnesses=witnesses,
         )
     )
     entry = done.intake_key

@@ -99,7 +99,7 @@ async def rotate(
     with vault_lock(paths):
         contents, keys = open_handler_vault(paths, passphrase)
         SavedSession.load(paths, now=now)
-        trusted = await _trusted(paths, keys.org, intake, socks, now)
+        trusted = await _trusted(paths, keys.org, intake, socks, now, keys.witnesses)
         _check_listed(trusted.directory, keys)
         # The admins' period (policy intake_key_days): a longer window would be refused at publication.
         policy_days = rotation_days(trusted.directory)

@@ -52,6 +52,7 @@ from safepassage.crypto.errors import FileAccessError, InsecureFile, MalformedIn
 from safepassage.crypto.keys import HYBRID_PRIVATE_LEN, HybridPrivateKey, SigningKey, VerifyKey
 from safepassage.crypto.privatefile import read_private, write_private
 from safepassage.crypto.staffmsg import MAX_PAYLOAD
+from safepassage.crypto.threshold import KeySet
 from safepassage.crypto.vault import Passphrase, VaultContents, open_vault, save_vault
 
 from .errors import ClientError, UsageError
@@ -67,6 +68,8 @@ NEW_IDENTITY_FILE: Final = "new-identity.json"
 ARCHIVE_KEY: Final = "archive-key"
 #: Vault entry of a rotated identity key waiting for the admins to list it.
 IDENTITY_NEXT: Final = "identity.next"
+#: The witness keys and threshold pinned at enrolment (canonical JSON of the key set).
+WITNESSES: Final = "witnesses"
 MAX_SMALL_FILE: Final = 64 * 1024
 _HANDLER = re.compile(r"[a-z][a-z0-9-]{0,63}")
 
@@ -206,6 +209,8 @@ class HandlerKeys:
     archive: HybridPrivateKey | None = None
     #: A new identity key made by ``handler rotate --identity``, used once a directory lists it.
     identity_next: SigningKey | None = None
+    #: Independent witnesses pinned at enrolment: K of them must have cosigned every head (8.6).
+    witnesses: KeySet | None = None
 
     def __repr__(self) -> str:
         return f"HandlerKeys({self.handler_id}, {len(self.intake)} intake key(s), {len(self.replies)} reply(ies))"
@@ -230,15 +235,30 @@ def _reply_name(message_id: str) -> str:
     return "reply." + hashlib.sha256(message_id.encode()).hexdigest()[:32]
 
 
-def new_vault_contents(handler_id: str, org: str, identity: SigningKey, intake: HeldIntakeKey) -> VaultContents:
-    return VaultContents(
-        {
-            "identity": identity.seed_bytes_raw(),
-            "handler": handler_id.encode(),
-            "org": org.encode(),
-            intake.vault_name: intake.to_bytes(),
-        }
-    )
+def new_vault_contents(
+    handler_id: str, org: str, identity: SigningKey, intake: HeldIntakeKey, witnesses: KeySet | None = None
+) -> VaultContents:
+    entries = {
+        "identity": identity.seed_bytes_raw(),
+        "handler": handler_id.encode(),
+        "org": org.encode(),
+        intake.vault_name: intake.to_bytes(),
+    }
+    if witnesses is not None:
+        entries[WITNESSES] = canonical_json(witnesses.to_json())
+    return VaultContents(entries)
+
+
+def _witnesses(contents: VaultContents) -> KeySet | None:
+    if WITNESSES not in contents:
+        return None
+    obj = as_obj(parse_canonical_json(contents.get(WITNESSES), max_len=4096), "pinned witnesses")
+    require_keys(obj, ("threshold", "keys"), "pinned witnesses")
+    values = obj["keys"]
+    if not isinstance(values, list) or not all(isinstance(v, str) for v in values):
+        raise MalformedInput("pinned witness keys must be a list of strings")
+    keys = tuple(VerifyKey(b64d(str(v), length=32, what="witness key")) for v in values)
+    return KeySet(keys, get_int(obj, "threshold", minimum=1))
 
 
 def keys_from_contents(contents: VaultContents) -> HandlerKeys:
@@ -262,7 +282,7 @@ def keys_from_contents(contents: VaultContents) -> HandlerKeys:
         raise MalformedInput("this vault is not a handler vault") from exc
     if not _HANDLER.fullmatch(handler_id) or not intake:
         raise MalformedInput("this vault is not a handler vault")
-    return HandlerKeys(handler_id, org, identity, intake, replies, archive, identity_next)
+    return HandlerKeys(handler_id, org, identity, intake, replies, archive, identity_next, _witnesses(contents))
 
 
 def open_handler_vault(paths: HandlerPaths, passphrase: Passphrase) -> tuple[VaultContents, HandlerKeys]:

@@ -16,6 +16,7 @@ import os
 import shutil
 import stat
 import tempfile
+import time
 import unicodedata
 from collections.abc import Sequence
 from dataclasses import dataclass
@@ -27,6 +28,10 @@ from safepassage.crypto.intake import AttachmentInfo
 from .errors import ClientError
 
 MAX_FILE_NAME_BYTES: Final = 200
+#: Prefix of the temporary files and folders written inside an output folder.
+TEMP_PREFIX: Final = ".safepassage-"
+#: A temporary untouched this long is a crashed run's leftover.
+STALE_SECONDS: Final = 3600
 
 
 class OutputFolderError(ClientError):
@@ -84,7 +89,30 @@ def _prepare_folder(folder: Path) -> bool:
         raise OutputFolderError("it is not a folder")
     if st.st_mode & 0o077:
         raise OutputFolderError(f"others may access it (mode {stat.S_IMODE(st.st_mode):04o})")
+    _sweep_leftovers(folder)
     return False
+
+
+def _sweep_leftovers(folder: Path, now: float | None = None) -> None:
+    """Remove ``.safepassage-*`` temporaries a crashed or killed run left (they may hold plaintext).
+
+    Only those untouched for STALE_SECONDS: a running command keeps its own
+    temporaries' modification times fresh while it writes them.
+    """
+    cutoff = (time.time() if now is None else now) - STALE_SECONDS
+    with os.scandir(folder) as entries:
+        for entry in entries:
+            if not entry.name.startswith(TEMP_PREFIX):
+                continue
+            try:
+                if entry.stat(follow_symlinks=False).st_mtime >= cutoff:
+                    continue
+                if entry.is_dir(follow_symlinks=False):
+                    shutil.rmtree(entry.path)
+                else:
+                    os.unlink(entry.path)
+            except FileNotFoundError:
+                continue  # another run removed it
 
 
 def _publish(temp: Path, folder: Path, name: str) -> Path:
@@ -112,9 +140,10 @@ def publish_file(folder: Path, name: str, data: bytes) -> Path:
     """Write ``data`` to a temporary file in ``folder``, flush it to disk, then link it in as ``name``.
 
     The file appears whole or not at all (a crash leaves at most a hidden
-    ``.safepassage-*`` temporary), and never over an existing file.
+    ``.safepassage-*`` temporary, removed by the next command that writes to the
+    folder once it is STALE_SECONDS old), and never over an existing file.
     """
-    fd, temp = tempfile.mkstemp(prefix=".safepassage-", dir=folder)
+    fd, temp = tempfile.mkstemp(prefix=TEMP_PREFIX, dir=folder)
     try:
         with os.fdopen(fd, "wb") as f:
             f.write(data)
@@ -132,7 +161,7 @@ class Staging:
     def __init__(self, folder: Path) -> None:
         self.folder = folder
         self.created = _prepare_folder(folder)
-        self.temp = Path(tempfile.mkdtemp(prefix=".safepassage-", dir=folder))
+        self.temp = Path(tempfile.mkdtemp(prefix=TEMP_PREFIX, dir=folder))
         self.files: list[tuple[SavedAttachment, Path]] = []
 
     def open(self, number: int) -> tuple[Path, int]:

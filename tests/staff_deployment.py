@@ -13,6 +13,7 @@ import io
 import json
 from collections.abc import AsyncIterator, Sequence
 from dataclasses import dataclass, field
+from pathlib import Path
 from typing import Any
 
 import aiohttp
@@ -20,6 +21,8 @@ import pytest
 from aiohttp import web
 from sqlalchemy import update
 
+from safepassage.client.handler_vault import HandlerPaths
+from safepassage.client.staff_api import StaffEnrolment
 from safepassage.crypto import envelope as E
 from safepassage.crypto.directory import Directory
 from safepassage.crypto.intake import AttachmentInfo
@@ -257,3 +260,36 @@ async def new_case(
     async with dep.store.write() as session:
         await session.execute(update(Contact).where(Contact.id == case_id).values(owner=owner))
     return case_id, applicant
+
+
+async def enrol_with_client(
+    sd: StaffDeployment, tmp_path: Path, name: str = "dana", **options: Any
+) -> tuple[HandlerPaths, list[str]]:
+    """``name`` enrolled by the real handler client (vault at the floor cost) with an invitation
+    from ``sd``; returns the vault's paths and the TOTP secrets the server showed (the last is
+    the account's). ``options`` go to :func:`safepassage.client.handler.enroll`."""
+    from safepassage.client.handler import enroll
+
+    from .handler_env import FLOOR, PASSPHRASE, PASSWORD
+
+    home = tmp_path / name
+    home.mkdir(mode=0o700, exist_ok=True)
+    paths = HandlerPaths(home / f"{name}.vault")
+    secrets: list[str] = []
+
+    def code(answer: StaffEnrolment) -> str:
+        secrets.append(answer.totp_secret.reveal())
+        return Totp(TotpSecret(secrets[-1])).code_at(counter_at(sd.clock()))
+
+    await enroll(
+        staff=sd.base_url,
+        invitation=await sd.invitation(name),
+        password=PASSWORD,
+        vault=paths.vault,
+        passphrase=PASSPHRASE,
+        intake=sd.dep.base_url,
+        org=sd.dep.org.admin_set.fingerprint(),
+        totp_code=code,
+        **{**FLOOR, **options},
+    )
+    return paths, secrets

@@ -19,11 +19,10 @@ from sqlalchemy import select, update
 
 from safepassage.client.applicant import send_contact
 from safepassage.client.cli import main
-from safepassage.client.handler import enroll, login
+from safepassage.client.handler import login
 from safepassage.client.handler_bulk import read_all
 from safepassage.client.handler_vault import HandlerPaths
 from safepassage.client.intake_api import IntakeClient
-from safepassage.client.staff_api import StaffEnrolment
 from safepassage.client.trust import fetch_trusted_directory
 from safepassage.crypto import envelope as E
 from safepassage.crypto.encoding import b64e
@@ -32,9 +31,9 @@ from safepassage.server.db.models import Contact as ContactRow
 from safepassage.server.staff.totp import Totp, TotpSecret, counter_at
 
 from .deployment import now_ts
-from .handler_env import FLOOR, PASSPHRASE, PASSWORD, listed
+from .handler_env import PASSPHRASE, PASSWORD, listed
 from .intake_calls import Calls
-from .staff_deployment import StaffCalls, StaffDeployment, add_handlers, new_case, roster_directory
+from .staff_deployment import StaffCalls, StaffDeployment, add_handlers, enrol_with_client, new_case, roster_directory
 
 pytestmark = pytest.mark.timeout(240)
 
@@ -142,26 +141,7 @@ async def test_sessions_are_checked_like_the_single_read(
 
 async def _enrolled(sd: StaffDeployment, tmp_path: Path) -> HandlerPaths:
     dep = sd.dep
-    home = tmp_path / "dana"
-    home.mkdir(mode=0o700)
-    paths = HandlerPaths(home / "dana.vault")
-    secrets: list[str] = []
-
-    def code(answer: StaffEnrolment) -> str:
-        secrets.append(answer.totp_secret.reveal())
-        return Totp(TotpSecret(secrets[-1])).code_at(counter_at(sd.clock()))
-
-    await enroll(
-        staff=sd.base_url,
-        invitation=await sd.invitation("dana"),
-        password=PASSWORD,
-        vault=paths.vault,
-        passphrase=PASSPHRASE,
-        intake=dep.base_url,
-        org=dep.org.admin_set.fingerprint(),
-        totp_code=code,
-        **FLOOR,
-    )
+    paths, secrets = await enrol_with_client(sd, tmp_path)
     start = now_ts() - 3600
     handlers = tuple(dep.org.handler(h, p, start=start) for h, p in ROSTER.items())
     await sd.publish(dep.org.directory(2, handlers=(*handlers, listed(paths, ("general",)))))

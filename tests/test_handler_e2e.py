@@ -19,10 +19,9 @@ import pytest
 from sqlalchemy import select, update
 
 from safepassage.client.applicant import check_mailbox, send_contact
-from safepassage.client.handler import enroll, escalate, inbox, login, read_case, reply, set_status
+from safepassage.client.handler import escalate, inbox, login, read_case, reply, set_status
 from safepassage.client.handler_vault import HandlerPaths, open_handler_vault
 from safepassage.client.intake_api import IntakeClient
-from safepassage.client.staff_api import StaffEnrolment
 from safepassage.client.trust import fetch_trusted_directory
 from safepassage.crypto import envelope as E
 from safepassage.crypto.errors import BadSignature, DecryptionFailed, NotARecipient, WrongPassphrase
@@ -35,9 +34,9 @@ from safepassage.server.integration.models import Package, PackageChunk
 from safepassage.server.staff.totp import Totp, TotpSecret, counter_at
 
 from .deployment import now_ts
-from .handler_env import FLOOR, PASSPHRASE, PASSWORD, listed
+from .handler_env import PASSPHRASE, PASSWORD, listed
 from .integration_service import Integration
-from .staff_deployment import StaffDeployment, staff  # noqa: F401
+from .staff_deployment import StaffDeployment, enrol_with_client, staff  # noqa: F401
 
 pytestmark = pytest.mark.timeout(240)
 
@@ -48,27 +47,7 @@ ROSTER = {"alice": ("general",), "bob": ("general", "science"), "carol": ("gener
 
 async def _enrolled(sd: StaffDeployment, integration: Integration, tmp_path: Path) -> tuple[HandlerPaths, str]:
     dep = sd.dep
-    home = tmp_path / "dana"
-    home.mkdir(mode=0o700)
-    paths = HandlerPaths(home / "dana.vault")
-    secrets: list[str] = []
-
-    def code(answer: StaffEnrolment) -> str:
-        secrets.append(answer.totp_secret.reveal())
-        return Totp(TotpSecret(secrets[-1])).code_at(counter_at(sd.clock()))
-
-    done = await enroll(
-        staff=sd.base_url,
-        invitation=await sd.invitation("dana"),
-        password=PASSWORD,
-        vault=paths.vault,
-        passphrase=PASSPHRASE,
-        intake=dep.base_url,
-        org=dep.org.admin_set.fingerprint(),
-        totp_code=code,
-        **FLOOR,
-    )
-    assert done.handler_id == "dana"
+    paths, secrets = await enrol_with_client(sd, tmp_path)
     # The admins list dana from intake-key.json (after comparing fingerprints out of band).
     start = now_ts() - 3600
     handlers = tuple(dep.org.handler(h, p, start=start) for h, p in ROSTER.items())

@@ -21,11 +21,10 @@ from sqlalchemy import select
 
 from safepassage.client.applicant import check_mailbox
 from safepassage.client.errors import UsageError
-from safepassage.client.handler import enroll, escalate, inbox, key_schedule, login, read_case, reply
+from safepassage.client.handler import escalate, inbox, key_schedule, login, read_case, reply
 from safepassage.client.handler_rotate import rotate
 from safepassage.client.handler_vault import HandlerPaths, open_handler_vault, read_enrolment_document
 from safepassage.client.intake_api import IntakeClient
-from safepassage.client.staff_api import StaffEnrolment
 from safepassage.client.trust import fetch_trusted_directory
 from safepassage.crypto import envelope as E
 from safepassage.crypto.directory import Handler, IntegrationService
@@ -55,7 +54,7 @@ from .handler_env import FLOOR, PASSPHRASE, PASSWORD
 from .helpers import signing_key
 from .intake_calls import Applicant, Calls
 from .integration_service import Integration
-from .staff_deployment import StaffDeployment, new_case, public_calls, staff  # noqa: F401
+from .staff_deployment import StaffDeployment, enrol_with_client, new_case, public_calls, staff  # noqa: F401
 from .test_handler_e2e import CANARY, _contact, _enrolled
 
 pytestmark = pytest.mark.timeout(240)
@@ -143,30 +142,9 @@ async def test_rotation_archives_destroys_and_the_next_key_carries_a_full_case(
     tmp_path: Path,
 ) -> None:
     dep = staff.dep
-    home = tmp_path / "dana"
-    home.mkdir(mode=0o700)
-    paths = HandlerPaths(home / "dana.vault")
-    totp: list[str] = []
-
-    def code(answer: StaffEnrolment) -> str:
-        totp.append(answer.totp_secret.reveal())
-        return Totp(TotpSecret(totp[-1])).code_at(counter_at(staff.clock()))
-
     # Enrolled ten days ago with a seven-day key: expired three days ago, past the two-day grace.
     week_ago = now_ts() - 10 * DAY
-    await enroll(
-        staff=staff.base_url,
-        invitation=await staff.invitation("dana"),
-        password=PASSWORD,
-        vault=paths.vault,
-        passphrase=PASSPHRASE,
-        intake=dep.base_url,
-        org=dep.org.admin_set.fingerprint(),
-        totp_code=code,
-        validity_days=7,
-        now=week_ago,
-        **FLOOR,
-    )
+    paths, totp = await enrol_with_client(staff, tmp_path, validity_days=7, now=week_ago)
     start = now_ts() - 3600
     roster = tuple(dep.org.handler(h, p, start=start) for h, p in ROSTER.items())
     await staff.publish(dep.org.directory(2, handlers=(*roster, _dana(paths, paths.intake_key))))

@@ -8,9 +8,8 @@ from pathlib import Path
 
 import pytest
 
-from safepassage.client.handler import enroll, login, read_case
+from safepassage.client.handler import login, read_case
 from safepassage.client.handler_vault import HandlerPaths, open_handler_vault
-from safepassage.client.staff_api import StaffEnrolment
 from safepassage.client.witness import cosign, init_witness
 from safepassage.crypto.errors import BelowThreshold
 from safepassage.crypto.threshold import KeySet
@@ -18,9 +17,9 @@ from safepassage.server.context import INTAKE
 from safepassage.server.staff.totp import Totp, TotpSecret, counter_at
 
 from .deployment import now_ts
-from .handler_env import FLOOR, PASSPHRASE, PASSWORD, listed
+from .handler_env import PASSPHRASE, PASSWORD, listed
 from .integration_service import Integration
-from .staff_deployment import StaffDeployment, staff  # noqa: F401
+from .staff_deployment import StaffDeployment, enrol_with_client, staff  # noqa: F401
 from .test_handler_e2e import CANARY, ROSTER, _contact
 
 pytestmark = pytest.mark.timeout(240)
@@ -36,35 +35,17 @@ async def test_pinned_witnesses_guard_every_later_directory(
     witness = init_witness(tmp_path / "w")
     dep.app[INTAKE].witness_keys = (witness,)
     pinned = KeySet((witness,), 1)
-    home = tmp_path / "dana"
-    home.mkdir(mode=0o700)
-    paths = HandlerPaths(home / "dana.vault")
-    secrets: list[str] = []
+    paths = HandlerPaths(tmp_path / "dana" / "dana.vault")
 
-    def code(answer: StaffEnrolment) -> str:
-        secrets.append(answer.totp_secret.reveal())
-        return Totp(TotpSecret(secrets[-1])).code_at(counter_at(staff.clock()))
-
-    async def enrol() -> object:
-        return await enroll(
-            staff=staff.base_url,
-            invitation=await staff.invitation("dana"),
-            password=PASSWORD,
-            vault=paths.vault,
-            passphrase=PASSPHRASE,
-            intake=dep.base_url,
-            org=org,
-            totp_code=code,
-            witnesses=pinned,
-            **FLOOR,
-        )
+    async def enrol() -> list[str]:
+        return (await enrol_with_client(staff, tmp_path, witnesses=pinned))[1]
 
     # The head is not cosigned yet: enrolment stops before the server, and leaves no vault.
     with pytest.raises(BelowThreshold):
         await enrol()
     assert not paths.vault.exists()
     await cosign(tmp_path / "w", dep.base_url, org)
-    await enrol()
+    secrets = await enrol()
     _, keys = open_handler_vault(paths, PASSPHRASE)
     assert keys.witnesses == pinned
 

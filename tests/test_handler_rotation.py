@@ -227,13 +227,7 @@ async def test_rotation_archives_destroys_and_the_next_key_carries_a_full_case(
 
     # Reply to and escalate the archived case: the officer gets the contact and the attachment.
     await reply(paths, PASSPHRASE, old_case, "received")
-    escalated = await escalate(paths, PASSPHRASE, old_case, "assessment", integration=integration.base_url)
-    async with integration.store.read() as session:
-        package = await session.get(Package, escalated.package_id)
-    assert package is not None
-    assert package.state == "complete"
-    opened = E.open_envelope(package.envelope, [dep.org.integration_key], expected_purpose=E.Purpose.ESCALATION)
-    escalation = Escalation.open_payload(opened.plaintext, dep.directory)
+    escalation = await _escalated(staff, integration, paths, old_case)
     assert Contact.open_payload(escalation.contact).message == OLD_TEXT
 
 
@@ -391,11 +385,22 @@ async def _full_case(
         trusted = await fetch_trusted_directory(client, dep.org.admin_set.fingerprint(), None, now_ts())
         replies = await check_mailbox(client, trusted, sent.codename)  # type: ignore[attr-defined]
     assert [r.text for r in replies] == [reply_text]
+    escalation = await _escalated(staff, integration, paths, case_id)
+    assert escalation.contact_id == case_id
+
+
+async def _escalated(
+    staff: StaffDeployment,  # noqa: F811
+    integration: Integration,
+    paths: HandlerPaths,
+    case_id: str,
+) -> Escalation:
+    """Escalate ``case_id`` with the handler client; the stored package complete, as the officer opens it."""
+    dep = staff.dep
     escalated = await escalate(paths, PASSPHRASE, case_id, "assessment", integration=integration.base_url)
     async with integration.store.read() as session:
         package = await session.get(Package, escalated.package_id)
     assert package is not None
     assert package.state == "complete"
     opened = E.open_envelope(package.envelope, [dep.org.integration_key], expected_purpose=E.Purpose.ESCALATION)
-    escalation = Escalation.open_payload(opened.plaintext, dep.directory)
-    assert escalation.contact_id == case_id
+    return Escalation.open_payload(opened.plaintext, dep.directory)

@@ -150,7 +150,7 @@ class ServerConfig:
         )
         if min(positive) < 1:
             raise ConfigError("limits and windows must be positive")
-        if self.witness_keys and not _WITNESS_KEYS.fullmatch(self.witness_keys):
+        if self.witness_keys and not WITNESS_KEYS.fullmatch(self.witness_keys):
             raise ConfigError("witness_keys must be comma-separated base64url Ed25519 public keys")
         check_tor_settings(self.tor_control, self.onion_pow, self.onion_pow_queue_rate, self.onion_pow_queue_burst)
         if not 1 <= self.tor_health_seconds <= 3600:
@@ -166,7 +166,7 @@ class ServerConfig:
             raise ConfigError("operator_about must be at most 4000 characters")
 
 
-_WITNESS_KEYS = re.compile(r"[A-Za-z0-9_-]{43}(,[A-Za-z0-9_-]{43}){0,31}")
+WITNESS_KEYS = re.compile(r"[A-Za-z0-9_-]{43}(,[A-Za-z0-9_-]{43}){0,31}")
 
 
 def check_tor_settings(control: str, pow_on: int, rate: int, burst: int) -> None:

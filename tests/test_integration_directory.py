@@ -10,12 +10,21 @@ from __future__ import annotations
 
 import socket
 from dataclasses import dataclass, replace
+from pathlib import Path
+
+import pytest
 
 from safepassage.client.errors import ServerUnreachable
 from safepassage.client.trust import HeadState
+from safepassage.client.witness import cosign, init_witness
 from safepassage.crypto.directory import Directory, IntegrationService
+from safepassage.crypto.encoding import b64e
 from safepassage.crypto.errors import BadSignature, SafePassageError
+from safepassage.crypto.threshold import KeySet
 from safepassage.crypto.translog import MerkleLog, TreeHead, leaf_hash, root_hash
+from safepassage.server.config import ConfigError
+from safepassage.server.context import INTAKE
+from safepassage.server.integration.config import IntegrationConfig
 
 from .deployment import Deployment
 from .helpers import signing_key
@@ -119,3 +128,31 @@ async def test_the_service_starts_without_an_intake_and_refuses_until_it_has_a_d
         closed = f"http://127.0.0.1:{s.getsockname()[1]}"
     async with start_service(None, intake_url=closed) as integration:
         assert await _delivery_status(integration) == (503, "no_directory")
+
+
+async def test_a_pinned_witness_must_have_cosigned_the_head(
+    start_service,
+    deployment: Deployment,
+    tmp_path: Path,
+) -> None:
+    """witness_keys in the service's config: no directory (503) until the witness cosigned the head."""
+    witness = init_witness(tmp_path / "w")
+    deployment.app[INTAKE].witness_keys = (witness,)
+    pinned = b64e(witness.public_bytes_raw())
+    async with start_service(None, witness_keys=pinned) as integration:
+        assert integration.config.witnesses() == KeySet((witness,), 1)
+        assert await _delivery_status(integration) == (503, "no_directory")
+        await cosign(tmp_path / "w", deployment.base_url, deployment.org.admin_set.fingerprint())
+        await integration.service.keeper.refresh()
+        assert await _delivery_status(integration) == (201, "")
+
+
+def test_witness_settings_are_checked(tmp_path: Path) -> None:
+    key = b64e(signing_key("a witness").verify_key.public_bytes_raw())
+    base = {"org_fingerprint": " ".join(["12345"] * 10), "intake_url": "http://127.0.0.1:1"}
+    good = IntegrationConfig(tmp_path, **base, witness_keys=key).validate()  # type: ignore[arg-type]
+    assert good.witnesses() == KeySet((signing_key("a witness").verify_key,), 1)
+    assert IntegrationConfig(tmp_path, **base).validate().witnesses() is None  # type: ignore[arg-type]
+    for bad in ({"witness_keys": "not-a-key"}, {"witness_keys": key, "witnesses_required": 2}):
+        with pytest.raises(ConfigError):
+            IntegrationConfig(tmp_path, **base, **bad).validate()  # type: ignore[arg-type]

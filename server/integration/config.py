@@ -17,9 +17,12 @@ from typing import Any, Final
 from aiohttp import web
 
 from safepassage.client.intake_api import IntakeClient
-from safepassage.crypto.errors import SafePassageError
+from safepassage.crypto.encoding import b64d
+from safepassage.crypto.errors import MalformedInput, SafePassageError
+from safepassage.crypto.keys import VerifyKey
+from safepassage.crypto.threshold import KeySet
 from safepassage.server import tor
-from safepassage.server.config import CONFIG_FILE, ConfigError, check_tor_settings, load_settings
+from safepassage.server.config import CONFIG_FILE, WITNESS_KEYS, ConfigError, check_tor_settings, load_settings
 
 DB_FILE: Final = "integration.db"
 #: The last transparency-log head this service accepted (client/trust.py HeadState).
@@ -52,6 +55,11 @@ class IntegrationConfig:
     directory_refresh_seconds: int = 300
     #: Deliveries are refused once the directory was last verified longer ago than this.
     directory_max_age_seconds: int = 3600
+    #: Comma-separated public keys (base64url) of independent witnesses this service pins: a
+    #: directory counts only with a log head they cosigned (protocol 8.6, 8.8).
+    witness_keys: str = ""
+    #: How many of ``witness_keys`` must have cosigned (0: all of them).
+    witnesses_required: int = 0
     #: How this service reaches tor to publish its onion (as the intake's tor_control; server/tor.py).
     tor_control: str = ""
     tor_control_password_file: str = ""
@@ -86,6 +94,13 @@ class IntegrationConfig:
     def url(self) -> str:
         return self.database_url or f"sqlite+aiosqlite:///{self.db_path}"
 
+    def witnesses(self) -> KeySet | None:
+        """The pinned witness set, or None when no witness is pinned."""
+        keys = tuple(VerifyKey(b64d(k, length=32, what="witness key")) for k in self.witness_keys.split(",") if k)
+        if not keys:
+            return None
+        return KeySet(keys, self.witnesses_required or len(keys))
+
     def intake_client(self) -> IntakeClient:
         """A client for the intake, over Tor when ``intake_socks`` is set (one circuit per client)."""
         return IntakeClient(self.intake_url, socks=self.intake_socks or None)
@@ -109,6 +124,14 @@ class IntegrationConfig:
             raise ConfigError("windows and intervals must be positive")
         if self.directory_max_age_seconds < self.directory_refresh_seconds:
             raise ConfigError("directory_max_age_seconds must be at least directory_refresh_seconds")
+        if self.witness_keys and not WITNESS_KEYS.fullmatch(self.witness_keys):
+            raise ConfigError("witness_keys must be comma-separated base64url Ed25519 public keys")
+        if not 0 <= self.witnesses_required <= len([k for k in self.witness_keys.split(",") if k]):
+            raise ConfigError("witnesses_required must be from 0 (all) to the number of witness_keys")
+        try:
+            self.witnesses()
+        except MalformedInput as exc:
+            raise ConfigError(f"witness_keys: {exc.message}") from None
         check_tor_settings(self.tor_control, 0, 1, 1)
         if not 1 <= self.tor_health_seconds <= 3600:
             raise ConfigError("tor_health_seconds must be 1 to 3600")

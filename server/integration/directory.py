@@ -67,7 +67,9 @@ class IntakeDirectorySource:
         path = self.config.state_path
         state = HeadState.load(path)
         async with self.config.intake_client() as client:
-            trusted = await fetch_trusted_directory(client, self.config.org_fingerprint, state, int(time.time()))
+            trusted = await fetch_trusted_directory(
+                client, self.config.org_fingerprint, state, int(time.time()), witnesses=self.config.witnesses()
+            )
         if self.remember:
             # 8.7 step 4: remember the head only after every check passed.
             trusted.state.save(path)

@@ -28,6 +28,8 @@ from .config import ServerConfig, load_config, write_config
 from .db import migrate
 from .db.engine import Store, make_engine
 from .directory_store import load_published, parse_signed_head, publish
+from .integration.config import load_integration_config
+from .integration.directory import IntakeDirectorySource
 from .keys import create_keys, create_next_receipt_key, load_keys, load_next_receipt_key
 from .retention import RetentionCounts, reclaim_space, run_retention
 
@@ -258,6 +260,28 @@ def _onion_key_path(data_dir: Path, role: str) -> Path:
     return data_dir / "keys" / f"onion-{role}.key"
 
 
+class MoveNotPublished(SafePassageError):
+    """The newest published directory does not name the next onion address yet."""
+
+    hint = "Have the admins sign a directory naming the next address, publish it, then run --finish again."
+    exit_code = 2
+
+
+async def _published_onion(data_dir: Path, role: str) -> str | None:
+    """The role's address in the newest published directory (None if nothing is published or it names none)."""
+    if role == "integration":
+        # DATA is the integration service's folder: it reads the directory from the intake, verified.
+        config = load_integration_config(data_dir)
+        directory = await IntakeDirectorySource(config, remember=False).fetch()
+        return directory.onions.get(role)
+    store = Store(make_engine(load_config(data_dir).url))
+    try:
+        published = await load_published(store)
+    finally:
+        await store.close()
+    return None if published is None else published.directory.onions.get(role)
+
+
 @server.command(name="onion-address")
 @DATA
 @ROLE
@@ -285,5 +309,13 @@ def onion_rotate(data_dir: Path, role: str, finish: bool, grace_hours: int) -> N
         click.echo("It is published beside the current one at the next health check. Have the admins sign a")
         click.echo("directory naming it, publish that, then run this command again with --finish.")
         return
+    nxt = tor.onion_addresses(key_path, time.time()).get("next")
+    if nxt is None:
+        raise tor.RotationError("no rotation under way (there is no next key)")
+    # Finishing takes the old address down (after the grace): clients that cannot learn the
+    # new one from a signed directory would be stranded, so the admins' move must be public first.
+    published = asyncio.run(_published_onion(data_dir, role))
+    if published != nxt:
+        raise MoveNotPublished(f"it names {published or 'no address'} for {role}, the next is {nxt}")
     old, new = tor.finish_rotation(key_path, grace_seconds=grace_hours * 3600, now=time.time())
     click.echo(f"{new} is now the {role} address; {old} stays up for {grace_hours} hours, then its key is destroyed.")

@@ -769,6 +769,11 @@ def onion_context(
             except TorError as exc:
                 # Logged and retried next round: tor may be restarting.
                 log.error("tor health check failed: %s", exc.message)
+            except Exception as exc:
+                # Anything else (a database error reading the client keys, an OSError) must not
+                # end the task, or the onion is never checked again. Only the type is logged:
+                # a foreign message could quote key material.
+                log.error("tor health check failed: %s", type(exc).__name__)
 
     async def ctx(app: web.Application) -> AsyncIterator[None]:
         for role, source in (clients or {}).items():

@@ -31,6 +31,7 @@ from safepassage.crypto.envelope import CHUNK_DATA_MAX
 from safepassage.crypto.keys import HybridPublicKey, SigningKey, VerifyKey
 from safepassage.crypto.staffmsg import IntegrationReceipt
 from safepassage.crypto.vault import MIN_MEMLIMIT, MIN_OPSLIMIT, Passphrase
+from safepassage.server import tor
 from safepassage.server.context import INTAKE
 from safepassage.server.integration.config import load_integration_config
 from safepassage.server.integration.keys import create_officer_vault
@@ -376,3 +377,28 @@ async def test_rotate_signing_key_makes_one_waiting_key(integration: Integration
     # No service here: refused, nothing written.
     _refused(*(await run("integration", "rotate-signing-key", "--data", str(data / "nowhere"))), 2)
     assert not (data / "nowhere").exists()
+
+
+async def test_onion_rotate_finish_waits_for_the_published_move(integration: Integration) -> None:
+    # The integration service's onion: --finish reads the directory from the intake, verified.
+    data = integration.config.data_dir
+    keys = integration.config.keys_dir
+    tor.OnionKey.generate().save(keys / "onion-integration.key")
+    code, out, err = await run("server", "onion-rotate", "--data", str(data), "--role", "integration")
+    assert code == 0, err
+    new = out.split("Next integration address: ")[1].split()[0]
+    before = {p.name: p.read_bytes() for p in keys.glob("onion-integration*")}
+    finish = ("server", "onion-rotate", "--data", str(data), "--role", "integration", "--finish")
+
+    code, _, err = await run(*finish)
+    assert code == 2
+    assert err.startswith("error: The newest published directory does not name the next onion address yet")
+    assert f"the next is {new}" in err
+    assert {p.name: p.read_bytes() for p in keys.glob("onion-integration*")} == before
+
+    current = integration.deployment.directory
+    await integration.publish(replace(current, version=2, onions={"integration": new}))
+    code, out, err = await run(*finish)
+    assert code == 0, err
+    assert f"{new} is now the integration address" in out
+    assert (keys / "onion-integration.key").read_bytes() == before["onion-integration.next.key"]

@@ -17,6 +17,7 @@ from safepassage.client.audit import check_audit_entries
 from safepassage.crypto.encoding import JsonObject, b64d, canonical_json
 from safepassage.crypto.keys import SigningKey, VerifyKey
 from safepassage.crypto.translog import MerkleLog
+from safepassage.server import tor
 from safepassage.server.audit import read_head, read_page
 from safepassage.server.config import load_config
 from safepassage.server.db.engine import Store, make_engine
@@ -123,3 +124,58 @@ def test_init_publish_run_and_serve(tmp_path: Path) -> None:
     assert "GET /api/v1/directory" not in err
     assert "127.0.0.1:" not in err.replace(f"http://127.0.0.1:{port}", "")
     assert proc.returncode == 0, err
+
+
+def test_onion_rotate_finish_waits_for_the_published_move(tmp_path: Path) -> None:
+    org = Org()
+    data = tmp_path / "srv"
+    assert run("server", "init", "--data", str(data), "--org", org.admin_set.fingerprint()).returncode == 0
+    org.receipt = SigningKey.from_seed_bytes((data / "keys" / "receipt.key").read_bytes())
+    keys = data / "keys"
+    tor.OnionKey.generate().save(keys / "onion-public.key")
+    old = run("server", "onion-address", "--data", str(data), "--role", "public").stdout.split()[-1]
+    started = run("server", "onion-rotate", "--data", str(data), "--role", "public")
+    assert started.returncode == 0, started.stderr
+    new = started.stdout.split("Next public address: ")[1].split()[0]
+
+    def onion_files() -> dict[str, bytes]:
+        return {p.name: p.read_bytes() for p in sorted(keys.glob("onion-public*"))}
+
+    def finish() -> subprocess.CompletedProcess[str]:
+        return run("server", "onion-rotate", "--data", str(data), "--role", "public", "--finish", "--grace-hours", "1")
+
+    log = MerkleLog()
+    start = now_ts() - 60
+    handlers = tuple(org.handler(h, ("general",), start=start) for h in org.handler_ids)
+
+    def publish(version: int, onion: str) -> None:
+        signed, head = org.publication(org.directory(version, handlers=handlers, onions={"public": onion}), log)
+        (tmp_path / "dir.json").write_bytes(signed.to_bytes())
+        (tmp_path / "head.json").write_bytes(canonical_json(head.to_json()))
+        done = run("server", "publish", "--data", str(data), str(tmp_path / "dir.json"), str(tmp_path / "head.json"))
+        assert done.returncode == 0, done.stderr
+        log.append(signed.to_bytes())
+
+    before = onion_files()
+    assert sorted(before) == ["onion-public.key", "onion-public.next.key"]
+    # Nothing published yet, then a directory that still names the old address: refused, nothing moves.
+    for publication in (None, (1, old)):
+        if publication is not None:
+            publish(*publication)
+        refused = finish()
+        assert refused.returncode == 2
+        error = refused.stderr.splitlines()[0]
+        assert error.startswith("error: The newest published directory does not name the next onion address yet")
+        assert new in error
+        assert refused.stderr.splitlines()[1].startswith("hint: ")
+        assert onion_files() == before
+
+    # The admins published the move: --finish makes the next address current.
+    publish(2, new)
+    finished = finish()
+    assert finished.returncode == 0, finished.stderr
+    assert f"{new} is now the public address" in finished.stdout
+    after = onion_files()
+    assert after["onion-public.key"] == before["onion-public.next.key"]
+    assert "onion-public.next.key" not in after
+    assert [before["onion-public.key"]] == [v for k, v in after.items() if ".retired-" in k]

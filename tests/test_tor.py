@@ -145,6 +145,64 @@ def test_onion_address_checked_against_the_directory() -> None:
         check_onion(f"http://{ONION}", directory, "staff")
 
 
+class _FakePublisher:
+    """Counts the health loop's calls; stands in for tor in :func:`tor.onion_context`."""
+
+    def __init__(self) -> None:
+        self.checks = 0
+        self.client_sets: list[tuple[str, tuple[tor.ClientKey, ...]]] = []
+        self.second_round = asyncio.Event()
+        self._loop = asyncio.get_running_loop()
+
+    def preset_clients(self, role: str, keys: tuple[tor.ClientKey, ...]) -> None:
+        pass
+
+    def publish(self) -> dict[str, tor.Published]:
+        return {}
+
+    def set_clients(self, role: str, keys: tuple[tor.ClientKey, ...]) -> bool:
+        self.client_sets.append((role, keys))
+        return False
+
+    def check(self) -> bool:
+        self.checks += 1
+        self._loop.call_soon_threadsafe(self.second_round.set)
+        return False
+
+    def close(self) -> None:
+        pass
+
+
+async def test_health_loop_survives_any_error_and_logs_only_its_type(caplog: pytest.LogCaptureFixture) -> None:
+    caplog.set_level(logging.DEBUG, logger="safepassage.server.tor")
+    publisher = _FakePublisher()
+    key = tor.ClientKey.parse(OnionClientKey.generate().public_base32())
+    calls = 0
+
+    async def source() -> tuple[tor.ClientKey, ...]:
+        nonlocal calls
+        calls += 1
+        if calls == 2:  # the first health round (call 1 is the start-up preset)
+            raise RuntimeError("canary-secret")
+        return (key,)
+
+    ctx = tor.onion_context(publisher, health_seconds=0, clients={"staff": source})  # type: ignore[arg-type]
+    running = ctx(web.Application())
+    await anext(running)
+    try:
+        await asyncio.wait_for(publisher.second_round.wait(), 10)
+    finally:
+        with contextlib.suppress(StopAsyncIteration):
+            await anext(running)
+    assert calls >= 3
+    assert publisher.checks >= 1
+    assert ("staff", (key,)) in publisher.client_sets
+    failures = [r for r in caplog.records if r.levelno == logging.ERROR]
+    assert failures
+    assert "RuntimeError" in failures[0].getMessage()
+    assert "canary-secret" not in caplog.text
+
+
 def test_client_key_file_and_tor_auth_line(tmp_path: Path) -> None:
     key, new = OnionClientKey.load_or_create(tmp_path / "v.onion-key")
     assert new

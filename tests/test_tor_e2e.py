@@ -12,6 +12,7 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
+import datetime as dt
 import os
 import shutil
 import socket
@@ -79,6 +80,8 @@ class Onions:
     staff_app: web.Application
     public_port: int
     public_app: web.Application
+    #: dana's invitation code (made with her onion key, before the staff onion came up)
+    invitation: str
 
     async def publish(self, directory: Directory, timestamp: int) -> None:
         """Publish, and have our front ends pick it up now (their housekeeping would within 30 s)."""
@@ -123,7 +126,17 @@ async def onion_apps(
         tor_health_seconds=1,
     ).validate()
     clock = FakeClock(now_ts())
-    # The invitation carries dana's onion key, as `staff invite --onion-key` stores it.
+    # The invitation carries dana's onion key, as `staff invite --onion-key` stores it: the
+    # staff onion admits a key only while its invitation is live (or the account is active).
+    invitation, _ = await create_invitation(
+        dep.store,
+        username="dana",
+        role="handler",
+        now=int(clock()),
+        day=dt.datetime.fromtimestamp(clock(), dt.UTC).date(),
+        actor="operator",
+        audit_key=dep.keys.receipt,
+    )
     onion_clients.register(config.onion_clients_dir, "dana", tor.ClientKey.parse(handler_key.public_base32()))
     icfg = replace(
         integration.config, tor_control=control, port=socks["integration"].getsockname()[1], tor_health_seconds=1
@@ -151,6 +164,7 @@ async def onion_apps(
             staff_app,
             config.port,
             public_app,
+            invitation,
         )
 
 
@@ -222,20 +236,10 @@ async def test_applicant_handler_and_escalation_over_onions(
             secrets.append(answer.totp_secret.reveal())
             return Totp(TotpSecret(secrets[-1])).code_at(counter_at(o.clock()))
 
-        invitation, _ = await create_invitation(
-            dep.store,
-            username="dana",
-            role="handler",
-            now=int(o.clock()),
-            day=o.staff_app[STAFF].today(),
-            actor="operator",
-            audit_key=dep.keys.receipt,
-        )
-
         async def enrol() -> object:
             return await enroll(
                 staff=o.url("staff"),
-                invitation=invitation,
+                invitation=o.invitation,
                 password=PASSWORD,
                 vault=paths.vault,
                 passphrase=PASSPHRASE,

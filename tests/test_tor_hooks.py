@@ -16,9 +16,10 @@ import pytest
 from safepassage.client.onion import OnionClientKey
 from safepassage.server import tor
 from safepassage.server.staff import onion_clients
+from safepassage.server.staff.accounts import INVITATION_HOURS
 
 from .helpers import Org
-from .staff_deployment import StaffCalls
+from .staff_deployment import PASSWORD, StaffCalls
 from .test_server_cli import EXE, run
 
 
@@ -41,7 +42,7 @@ async def test_invitation_with_onion_key_admits_it_and_revocation_removes_it(sta
     path = folder / "erin.auth"
     assert path.read_text() == f"descriptor:x25519:{key}\n"
     assert stat.S_IMODE(path.stat().st_mode) == 0o600
-    assert await onion_clients.authorised_keys(sd.dep.store, folder) == (tor.ClientKey(key),)
+    assert await onion_clients.authorised_keys(sd.dep.store, folder, now=sd.state.now()) == (tor.ClientKey(key),)
 
     # A malformed key is a precise 400 and writes nothing.
     for bad in ("x" * 52, key[:-1], "", key + "A"):
@@ -65,7 +66,7 @@ async def test_invitation_with_onion_key_admits_it_and_revocation_removes_it(sta
     answer = await staff_calls.call("POST", "/staff/v1/admin/staff/erin/revoke", account=admin)
     assert answer.status == 200
     assert not path.exists()
-    assert await onion_clients.authorised_keys(sd.dep.store, folder) == ()
+    assert await onion_clients.authorised_keys(sd.dep.store, folder, now=sd.state.now()) == ()
 
 
 async def test_revoked_account_key_left_out_even_if_its_file_remains(staff_calls: StaffCalls) -> None:
@@ -75,16 +76,55 @@ async def test_revoked_account_key_left_out_even_if_its_file_remains(staff_calls
     await staff_calls.enrol("gail")
     gail, other = public_key(), public_key()
     onion_clients.register(folder, "gail", tor.ClientKey.parse(gail))
+    await sd.invitation("hank")  # a live invitation: hank's key is admitted
     onion_clients.register(folder, "hank", tor.ClientKey.parse(other))
     answer = await staff_calls.call("POST", "/staff/v1/admin/staff/gail/revoke", account=admin)
     assert answer.status == 200
     # A crash between the database and the file: put the file back.
     onion_clients.register(folder, "gail", tor.ClientKey.parse(gail))
-    assert await onion_clients.authorised_keys(sd.dep.store, folder) == (tor.ClientKey(other),)
+    assert await onion_clients.authorised_keys(sd.dep.store, folder, now=sd.state.now()) == (tor.ClientKey(other),)
     # A malformed file is skipped, not fatal for everyone else.
     (folder / "junk.auth").write_text("descriptor:x25519:nonsense\n")
     (folder / "junk.auth").chmod(0o600)
-    assert await onion_clients.authorised_keys(sd.dep.store, folder) == (tor.ClientKey(other),)
+    assert await onion_clients.authorised_keys(sd.dep.store, folder, now=sd.state.now()) == (tor.ClientKey(other),)
+
+
+async def test_only_active_accounts_and_live_invitations_are_admitted(staff_calls: StaffCalls) -> None:
+    sd = staff_calls.sd
+    folder = sd.dep.config.onion_clients_dir
+    keys = {name: public_key() for name in ("ada", "bea", "cal", "dee", "eve", "zed")}
+
+    async def admitted() -> set[str]:
+        got = set(await onion_clients.authorised_keys(sd.dep.store, folder, now=sd.state.now()))
+        return {name for name, key in keys.items() if tor.ClientKey(key) in got}
+
+    # cal is invited and never redeems it; admitted only until the invitation expires.
+    await sd.invitation("cal")
+    onion_clients.register(folder, "cal", tor.ClientKey.parse(keys["cal"]))
+    assert await admitted() == {"cal"}
+    sd.clock.advance(INVITATION_HOURS * 3600)
+    assert await admitted() == set()
+
+    admin = await staff_calls.enrol_and_login("root-admin", "admin")
+    await staff_calls.enrol("ada")  # active
+    await sd.invitation("bea")  # invited, not yet redeemed
+    dee = await sd.invitation("dee")  # enrolled, first code not yet confirmed (pending)
+    answer = await staff_calls.call("POST", "/staff/v1/enroll", json={"invitation": dee, "password": PASSWORD})
+    assert answer.status == 201
+    await staff_calls.enrol("eve")
+    answer = await staff_calls.call("POST", "/staff/v1/admin/staff/eve/revoke", account=admin)
+    assert answer.status == 200
+    # Every name has a key file; eve's is back as after a crash, zed was never in the database.
+    for name, key in keys.items():
+        onion_clients.register(folder, name, tor.ClientKey.parse(key))
+    assert await admitted() == {"ada", "bea", "dee"}
+
+    # An invitation that lapses with its enrolment unconfirmed takes the key with it.
+    sd.clock.advance(INVITATION_HOURS * 3600)
+    assert await admitted() == {"ada"}
+    # Invited again after revocation (revoking deleted eve's invitations): eve needs the onion to enrol.
+    await sd.invitation("eve")
+    assert await admitted() == {"ada", "eve"}
 
 
 @pytest.fixture(scope="module")

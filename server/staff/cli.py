@@ -158,7 +158,8 @@ def publish_staff_onion(app: web.Application, config: ServerConfig, store: Store
     )
 
     async def clients() -> tuple[tor.ClientKey, ...]:
-        active = store or app[STAFF].store
-        return await onion_clients.authorised_keys(active, config.onion_clients_dir)
+        staff = app[STAFF]
+        # The staff app's clock, so invitation expiry is judged as enrolment judges it.
+        return await onion_clients.authorised_keys(store or staff.store, config.onion_clients_dir, now=staff.now())
 
     tor.attach(app, settings, [spec], clients={"staff": clients})

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import asyncio
+import contextlib
 import datetime as dt
 import logging
 import os
@@ -24,7 +25,7 @@ from safepassage.crypto.vault import Passphrase
 from . import tor
 from .app import create_app
 from .backup import make_backup, restore_backup
-from .config import ServerConfig, load_config, write_config
+from .config import ConfigError, ServerConfig, load_config, write_config
 from .db import migrate
 from .db.engine import Store, make_engine
 from .directory_store import load_published, parse_signed_head, publish
@@ -285,11 +286,20 @@ async def _published_onion(data_dir: Path, role: str) -> str | None:
 @server.command(name="onion-address")
 @DATA
 @ROLE
-def onion_address(data_dir: Path, role: str) -> None:
+@click.option("--create", is_flag=True, help="Make the role's key now if it has none (no tor needed).")
+def onion_address(data_dir: Path, role: str, create: bool) -> None:
     """Print the role's onion addresses (current, and during a rotation next and retired), read from the keys."""
-    addresses = tor.onion_addresses(_onion_key_path(data_dir, role), time.time())
+    os.umask(0o077)
+    key_path = _onion_key_path(data_dir, role)
+    addresses = tor.onion_addresses(key_path, time.time())
+    if not addresses and create:
+        if not key_path.parent.is_dir():
+            raise ConfigError(f"{data_dir} has no keys folder: is it a data folder made by init?")
+        with contextlib.suppress(FileExistsError):  # made by a service starting at this moment: show it
+            tor.OnionKey.create(key_path)
+        addresses = tor.onion_addresses(key_path, time.time())
     if not addresses:
-        raise tor.RotationError("no onion key yet: it is made when the service first publishes")
+        raise tor.NoOnionKey(f"no {role} onion key yet")
     for label, address in addresses.items():
         click.echo(f"{label}: {address}")
 

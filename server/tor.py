@@ -149,6 +149,14 @@ class OnionKey:
         write_private(path, (self._text + "\n").encode("ascii"), replace=True)
 
     @classmethod
+    def create(cls, path: Path) -> OnionKey:
+        """A new key saved at ``path``, which must not exist yet (FileExistsError)."""
+        key = cls.generate()
+        path.parent.mkdir(mode=0o700, parents=True, exist_ok=True)
+        write_private(path, (key._text + "\n").encode("ascii"), replace=False)
+        return key
+
+    @classmethod
     def generate(cls) -> OnionKey:
         """A new key made here, not by tor: its address is known before any publication."""
         expanded = P.ed25519_expanded_from_seed(P.random_bytes(P.ED25519_SEED_LEN))
@@ -634,6 +642,16 @@ class OnionPublisher:
 # --- rotation ------------------------------------------------------------------------------------
 
 _RETIRED = re.compile(r"retired-(\d{1,12})")
+
+
+class NoOnionKey(TorError):
+    """This role has no onion key yet."""
+
+    hint = (
+        "Run 'server onion-address --role ROLE --create' to make it now (its address is known at once, "
+        "for the admins' first directory), or start the service once with tor_control set."
+    )
+    exit_code = 2
 
 
 class RotationError(TorError):

@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import asyncio
 import json
+import re
 import signal
 import socket
 import stat
@@ -179,3 +180,26 @@ def test_onion_rotate_finish_waits_for_the_published_move(tmp_path: Path) -> Non
     assert after["onion-public.key"] == before["onion-public.next.key"]
     assert "onion-public.next.key" not in after
     assert [before["onion-public.key"]] == [v for k, v in after.items() if ".retired-" in k]
+
+
+def test_onion_address_can_be_made_before_the_first_publication(tmp_path: Path) -> None:
+    """The admins' first directory names the onions, so an address must be known before any
+    service has published: --create makes the key offline, and later runs show the same address."""
+    data = tmp_path / "srv"
+    assert run("server", "init", "--data", str(data), "--org", Org().admin_set.fingerprint()).returncode == 0
+    missing = run("server", "onion-address", "--data", str(data), "--role", "staff")
+    assert missing.returncode == 2
+    assert missing.stderr.startswith("error: ")
+    assert "--create" in missing.stderr  # the hint says what to do, not how to rotate
+    assert "rotation" not in missing.stderr.lower()
+    made = run("server", "onion-address", "--data", str(data), "--role", "staff", "--create")
+    assert made.returncode == 0, made.stderr
+    address = made.stdout.split("current: ")[1].strip()
+    assert re.fullmatch(r"[a-z2-7]{56}\.onion", address), address
+    key = data / "keys" / "onion-staff.key"
+    assert key.stat().st_mode & 0o777 == 0o600
+    again = run("server", "onion-address", "--data", str(data), "--role", "staff", "--create")
+    assert again.stdout == made.stdout  # never replaced
+    nowhere = run("server", "onion-address", "--data", str(tmp_path / "nowhere"), "--role", "staff", "--create")
+    assert nowhere.returncode != 0
+    assert not (tmp_path / "nowhere").exists()

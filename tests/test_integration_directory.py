@@ -24,10 +24,11 @@ from safepassage.crypto.threshold import KeySet
 from safepassage.crypto.translog import MerkleLog, TreeHead, leaf_hash, root_hash
 from safepassage.server.config import ConfigError
 from safepassage.server.context import INTAKE
+from safepassage.server.errors import ApiError
 from safepassage.server.integration.config import IntegrationConfig
 
 from .deployment import Deployment
-from .helpers import signing_key
+from .helpers import Org, signing_key
 from .integration_service import Integration
 
 
@@ -156,3 +157,25 @@ def test_witness_settings_are_checked(tmp_path: Path) -> None:
     for bad in ({"witness_keys": "not-a-key"}, {"witness_keys": key, "witnesses_required": 2}):
         with pytest.raises(ConfigError):
             IntegrationConfig(tmp_path, **base, **bad).validate()  # type: ignore[arg-type]
+
+
+async def test_a_failed_switch_to_the_next_signing_key_drops_the_directory_and_does_not_raise() -> None:
+    """A directory naming another signing key, and the switch fails (an unreadable key file):
+    the refresh logs it and refuses that directory; the background loop is not broken."""
+    from safepassage.server.integration.directory import DirectoryKeeper
+
+    org = Org()
+    other = replace(
+        org.directory(),
+        integration=IntegrationService(signing_key("next").verify_key, (org.integration_key.public_key,)),
+    )
+
+    def unreadable(_: object) -> bool:
+        raise PermissionError("keys/signing.next.key")
+
+    keeper = DirectoryKeeper(Scripted([other]), org.integration_signing.verify_key, 3600, follow_key=unreadable)
+    await keeper.refresh()  # no exception
+    with pytest.raises(ApiError) as info:
+        keeper.current()
+    assert info.value.code == "no_directory"
+    assert keeper.signing_key == org.integration_signing.verify_key

@@ -125,7 +125,12 @@ class DirectoryKeeper:
             return
         listed = directory.integration.signing_key
         if listed != self.signing_key:
-            if self.follow_key is None or not await asyncio.to_thread(self.follow_key, listed):
+            try:
+                followed = self.follow_key is not None and await asyncio.to_thread(self.follow_key, listed)
+            except Exception as exc:  # an unreadable key file: logged by type, and this round fails
+                log.error("switching to the next signing key failed: %s", type(exc).__name__)
+                followed = False
+            if not followed:
                 self._directory = None
                 log.error("directory version %d does not list this service's signing key", directory.version)
                 return

@@ -37,7 +37,7 @@ from safepassage.crypto.encoding import (
 from safepassage.crypto.errors import BelowThreshold, NoSuchEntry, UntrustedRoot
 from safepassage.crypto.keys import SigningKey, VerifyKey
 from safepassage.crypto.privatefile import read_private, write_private
-from safepassage.crypto.threshold import Signature
+from safepassage.crypto.threshold import KeySet, Signature
 from safepassage.crypto.translog import MerkleLog, leaf_hash
 from safepassage.crypto.vault import (
     DEFAULT_MEMLIMIT,
@@ -55,7 +55,7 @@ from .audit import AuditHeadRef, AuditReport, receipt_keys_of, verify_audit_log
 from .directory_changes import Changes, apply_changes, describe_changes
 from .errors import ClientError, ProtocolViolation, ServerRefused, UsageError
 from .handler import check_staff_address, login, logout, staff_session
-from .handler_vault import HandlerPaths, Profile, vault_lock
+from .handler_vault import WITNESSES, HandlerPaths, Profile, pinned_witnesses_in, vault_lock
 from .intake_api import IntakeClient
 from .staff_api import StaffEnrolment
 from .trust import HeadState, TrustedDirectory, fetch_trusted_directory, normalise_fingerprint
@@ -95,6 +95,8 @@ class HeadMismatch(ClientError):
 class AdminKeys:
     key: SigningKey
     org: str | None
+    #: Witnesses pinned at enrolment: the directory an admin signs on top of needs K cosignatures.
+    witnesses: KeySet | None = None
 
     def __repr__(self) -> str:
         return f"AdminKeys({self.key.verify_key.key_id.short()})"
@@ -133,7 +135,7 @@ def open_admin_vault(paths: HandlerPaths, passphrase: Passphrase) -> AdminKeys:
         org: str | None = contents.get(ORG_ENTRY).decode("ascii")
     except NoSuchEntry:  # not enrolled yet
         org = None
-    return AdminKeys(key, org)
+    return AdminKeys(key, org, pinned_witnesses_in(contents))
 
 
 async def enroll_admin(
@@ -147,8 +149,10 @@ async def enroll_admin(
     org: str,
     totp_code: Callable[[StaffEnrolment], str],
     socks: str | None = None,
+    witnesses: KeySet | None = None,
 ) -> str:
-    """Create the staff account for this admin vault and pin the organisation fingerprint in it."""
+    """Create the staff account for this admin vault and pin the organisation fingerprint in it
+    (and ``witnesses``, if given: ``admin sign`` then refuses a directory whose head they did not cosign)."""
     org = normalise_fingerprint(org)
     with vault_lock(paths):
         contents = open_vault(paths.vault, passphrase)
@@ -164,18 +168,23 @@ async def enroll_admin(
                 except ServerRefused as exc:
                     if exc.status >= 500 or exc.status == 429 or attempt == ENROL_ATTEMPTS:
                         raise
-        save_vault(paths.vault, passphrase, contents.with_entry(ORG_ENTRY, org.encode("ascii")))
+        contents = contents.with_entry(ORG_ENTRY, org.encode("ascii"))
+        if witnesses is not None:
+            contents = contents.with_entry(WITNESSES, canonical_json(witnesses.to_json()))
+        save_vault(paths.vault, passphrase, contents)
         Profile(username, staff, intake, org).save(paths)
     return username
 
 
-async def trusted_directory(paths: HandlerPaths, org: str, socks: str | None, now: int) -> TrustedDirectory | None:
+async def trusted_directory(
+    paths: HandlerPaths, org: str, socks: str | None, now: int, witnesses: KeySet | None = None
+) -> TrustedDirectory | None:
     """The directory this admin trusts through the log, or ``None`` before the first is published."""
     profile = _profile(paths)
     state = HeadState.load(paths.state)
     async with IntakeClient(profile.intake, socks=socks) as client:
         try:
-            trusted = await fetch_trusted_directory(client, org, state, now)
+            trusted = await fetch_trusted_directory(client, org, state, now, witnesses=witnesses)
         except ServerRefused as exc:
             if exc.status == 503 and exc.code == "no_directory" and state is None:
                 return None
@@ -267,7 +276,7 @@ async def sign(
     now = _now(now)
     keys = open_admin_vault(paths, passphrase)
     org = _org(keys)
-    trusted = await trusted_directory(paths, org, socks, now)
+    trusted = await trusted_directory(paths, org, socks, now, keys.witnesses)
     base = trusted.directory if trusted else None
     async with _admin(paths, socks, now) as client:
         detail = await client.proposal(proposal_id)

@@ -27,6 +27,7 @@ from safepassage.crypto.keys import HybridPublicKey, VerifyKey
 
 from . import admin as flows
 from .audit import describe_audit_report
+from .contact_cli import pinned_witnesses, witness_options
 from .directory_changes import Changes
 from .errors import UsageError, untrusted_text
 from .handler_cli import _passphrase, _passphrase_file, _password, _run, _show_totp, _socks, _totp
@@ -113,6 +114,7 @@ def init_command(vault: Path, passphrase_file: Path | None) -> None:
 @_passphrase_file
 @click.option("--password-file", type=click.Path(dir_okay=False, path_type=Path), metavar="FILE")
 @click.option("--totp-code", metavar="CODE", help="The first TOTP code (for scripts); otherwise you are asked.")
+@witness_options
 @_socks
 def enroll_command(
     vault: Path,
@@ -125,7 +127,11 @@ def enroll_command(
     totp_code: str | None,
     socks: str | None,
 ) -> None:
-    """Register the staff account for this vault and pin the organisation fingerprint."""
+    """Register the staff account for this vault and pin the organisation fingerprint.
+
+    Witness keys given here are pinned in the vault too: 'admin sign' then refuses to sign on
+    top of a directory whose log head lacks their cosignatures."""
+    witnesses = pinned_witnesses()  # a malformed key is refused before any passphrase is asked for
     passphrase = _passphrase(passphrase_file)
     password = _password(password_file, new=True)
     asked = 0
@@ -152,6 +158,7 @@ def enroll_command(
             org=org_fingerprint,
             totp_code=ask,
             socks=socks,
+            witnesses=witnesses,
         )
     )
     click.echo(f"Enrolled as admin {username}. Next: safepassage admin login --vault {vault}")

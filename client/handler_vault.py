@@ -249,7 +249,8 @@ def new_vault_contents(
     return VaultContents(entries)
 
 
-def _witnesses(contents: VaultContents) -> KeySet | None:
+def pinned_witnesses_in(contents: VaultContents) -> KeySet | None:
+    """The witness set pinned in a handler's or admin's vault (entry ``witnesses``), if any."""
     if WITNESSES not in contents:
         return None
     obj = as_obj(parse_canonical_json(contents.get(WITNESSES), max_len=4096), "pinned witnesses")
@@ -282,7 +283,9 @@ def keys_from_contents(contents: VaultContents) -> HandlerKeys:
         raise MalformedInput("this vault is not a handler vault") from exc
     if not _HANDLER.fullmatch(handler_id) or not intake:
         raise MalformedInput("this vault is not a handler vault")
-    return HandlerKeys(handler_id, org, identity, intake, replies, archive, identity_next, _witnesses(contents))
+    return HandlerKeys(
+        handler_id, org, identity, intake, replies, archive, identity_next, pinned_witnesses_in(contents)
+    )
 
 
 def open_handler_vault(paths: HandlerPaths, passphrase: Passphrase) -> tuple[VaultContents, HandlerKeys]:

@@ -21,12 +21,17 @@ from sqlalchemy import select, update
 
 from safepassage.client import admin as flows
 from safepassage.client.cli import main
+from safepassage.client.directory_changes import Changes
 from safepassage.client.handler_vault import HandlerPaths, enrolment_document
+from safepassage.client.witness import cosign, init_witness
 from safepassage.crypto.directory import IntakeKey
 from safepassage.crypto.encoding import b64e, canonical_json
+from safepassage.crypto.errors import BelowThreshold
 from safepassage.crypto.keys import SigningKey
 from safepassage.crypto.privatefile import write_private
+from safepassage.crypto.threshold import KeySet
 from safepassage.crypto.vault import MIN_MEMLIMIT, MIN_OPSLIMIT, Passphrase, VaultContents, create_vault
+from safepassage.server.context import INTAKE
 from safepassage.server.db.models import AuditLogEntry, DirectoryProposal
 
 from .deployment import now_ts
@@ -61,7 +66,9 @@ async def cli(*args: str, stdin: str = "") -> tuple[int, str, str]:
     return code, out, err
 
 
-async def _admin(sd: StaffDeployment, tmp: Path, name: str, key: SigningKey) -> HandlerPaths:
+async def _admin(
+    sd: StaffDeployment, tmp: Path, name: str, key: SigningKey, witnesses: KeySet | None = None
+) -> HandlerPaths:
     folder = tmp / name
     folder.mkdir(mode=0o700)
     paths = HandlerPaths(folder / "admin.vault")
@@ -82,6 +89,7 @@ async def _admin(sd: StaffDeployment, tmp: Path, name: str, key: SigningKey) -> 
         password=PASSWORD,
         org=sd.dep.org.admin_set.fingerprint(),
         totp_code=code,
+        witnesses=witnesses,
     )
     await flows.login(paths, password=PASSWORD, code=pyotp.TOTP(secret[0]).at(sd.clock() + 30))
     return paths
@@ -301,3 +309,22 @@ async def test_propose_options_each_show_in_the_diff(
         assert [line for line in err.splitlines() if line.startswith("error:")] == [err.splitlines()[0]], wrong
     async with dep.store.read() as session:
         assert len((await session.scalars(select(DirectoryProposal))).all()) == proposals == 1
+
+
+async def test_an_admin_with_a_pinned_witness_signs_only_on_a_cosigned_head(
+    staff: StaffDeployment,  # noqa: F811
+    tmp_path: Path,
+) -> None:
+    """Witnesses pinned at admin enrol: 'admin sign' refuses to build on a directory whose head
+    the witness has not cosigned (a split view shown to this admin), and signs once it has."""
+    dep = staff.dep
+    org = dep.org.admin_set.fingerprint()
+    witness = init_witness(tmp_path / "w")
+    dep.app[INTAKE].witness_keys = (witness,)
+    ada = await _admin(staff, tmp_path, "ada", dep.org.admins[0], KeySet((witness,), 1))
+    summary, _ = await flows.propose(ada, org, Changes(organisation="Renamed"))
+    with pytest.raises(BelowThreshold):
+        await flows.sign(ada, Passphrase(PASSPHRASE), summary.proposal_id, lambda _: True)
+    await cosign(tmp_path / "w", dep.base_url, org)
+    signed = await flows.sign(ada, Passphrase(PASSPHRASE), summary.proposal_id, lambda _: True)
+    assert signed.stage == "directory"

@@ -23,7 +23,7 @@ from safepassage.server.db.models import Contact as ContactRow
 from safepassage.server.db.models import Message
 from safepassage.server.security import add_security_headers
 
-from .browser import csp_violations, screenshot
+from .browser import WINDOW, csp_violations, screenshot
 from .deployment import Deployment
 from .web_helpers import CANARY, CANARY_FIELD, CANARY_FOLLOW_UP, all_rows, files_containing, plant_reply
 
@@ -186,3 +186,28 @@ async def test_contact_codename_reply_and_follow_up_with_javascript_off(
     rows = await all_rows(deployment)
     assert not [n for n in needles if n in rows]
     assert files_containing(tmp_path / "server", needles) == []
+
+
+def _widths(driver: Any, url: str) -> tuple[float, float]:
+    driver.get(url)
+    metrics = driver.execute_cdp_cmd("Page.getLayoutMetrics", {})
+    return metrics["cssContentSize"]["width"], metrics["cssLayoutViewport"]["clientWidth"]
+
+
+async def test_pages_fit_narrow_letterboxed_windows(deployment: Deployment, browser: object) -> None:
+    """Tor Browser rounds its window down to steps of 200 x 100 (phones are narrower still):
+    at 400 and 600 CSS pixels no page scrolls sideways, in either language."""
+
+    def measure() -> list[tuple[str, int, float, float]]:
+        out = []
+        for width in (400, 600):
+            browser.set_window_size(width, 800)  # type: ignore[attr-defined]
+            for lang in ("ru", "en"):
+                for page in ("", "safety", "contact", "return"):
+                    content, viewport = _widths(browser, f"{deployment.base_url}/{lang}/{page}")
+                    out.append((f"{lang}/{page}", width, content, viewport))
+        browser.set_window_size(*WINDOW)  # type: ignore[attr-defined]
+        return out
+
+    for page, width, content, viewport in await asyncio.to_thread(measure):
+        assert content <= viewport + 1, (page, width, content, viewport)

@@ -580,6 +580,50 @@ async def test_a_mailbox_page_lists_its_own_contacts_and_their_pools(calls: Call
     assert page.body["messages"] == []
 
 
+async def test_a_mailbox_page_lists_at_most_its_newest_contacts(calls: Calls, deployment: Deployment) -> None:
+    """A mailbox with more contacts than a page lists (50) shows the newest, oldest of them first."""
+    owner = Applicant()
+    first, _ = await submit(calls, deployment, owner)
+    template = await _contact_row(deployment, first.body["contact"])
+    today = dt.date.today()
+    async with deployment.store.write() as session:
+        for i in range(54):  # 55 in all, one a day back from yesterday
+            session.add(
+                ContactRow(
+                    id=f"older-contact-{i:02d}",
+                    mailbox_id=template.mailbox_id,
+                    pool="general",
+                    owner=template.owner,
+                    day=today - dt.timedelta(days=i + 1),
+                    bucket=template.bucket,
+                    state="complete",
+                    status="new",
+                    attachments=0,
+                    server_sealed=False,
+                    envelope=template.envelope,
+                    envelope_hash=hashlib.sha256(f"{i}".encode()).digest(),
+                )
+            )
+    challenge = await calls.call("POST", f"/api/v1/mailboxes/{owner.mailbox_id}/challenge")
+    nonce = b64d(challenge.body["nonce"])
+    page = await calls.call(
+        "POST",
+        f"/api/v1/mailboxes/{owner.mailbox_id}/fetch",
+        json={"nonce": b64e(nonce), "signature": b64e(sign_mailbox_auth(owner.keys.mailbox_key, nonce))},
+    )
+    assert page.status == 200
+    listed = [c["id"] for c in page.body["contacts"]]
+    newest_older = [f"older-contact-{i:02d}" for i in range(48, -1, -1)]  # 49 days back .. 1 day back
+    assert listed == [*newest_older, first.body["contact"]]
+
+
+async def _contact_row(deployment: Deployment, contact_id: str) -> ContactRow:
+    async with deployment.store.read() as session:
+        row = await session.get(ContactRow, contact_id)
+    assert row is not None
+    return row
+
+
 async def test_mailbox_quota(calls: Calls, deployment: Deployment) -> None:
     applicant = Applicant()
     for _ in range(deployment.config.mailbox_daily_quota):
